@@ -1,0 +1,87 @@
+"""Summarise a sweep: one row per (method, dataset, bits), mean ± std over seeds.
+
+    python scripts/summarize.py logs/multirun/<time> [--checkpoint last|best] [--out table.md]
+
+Reads every <run>/metrics.json below the given folders (with its config.yaml) and prints a
+markdown table of mAP@R, tie-aware mAP@R and wall time per run. Std is the sample standard
+deviation (ddof = 1) over seeds; a single seed shows no std.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def find_runs(roots: list[Path]) -> list[Path]:
+    runs = []
+    for root in roots:
+        if not root.exists():
+            raise SystemExit(f"error: {root} does not exist")
+        runs.extend(p.parent for p in sorted(root.rglob("metrics.json"))
+                    if (p.parent / "config.yaml").is_file())
+    return runs
+
+
+def load_run(run: Path, checkpoint: str) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text())
+    cfg = OmegaConf.load(run / "config.yaml")
+    key = metrics["main_metric"]
+    part = metrics.get(checkpoint) or metrics["last"]
+    r = key.split("@")[1]
+    return {"method": cfg.model.name, "dataset": cfg.dataset.name, "nbit": int(cfg.model.nbit),
+            "seed": int(cfg.seed), "backbone": str(cfg.backbone._target_).rsplit(".", 1)[-1],
+            "R": r, "map": part[key], "map_tie": part.get(f"mAP_tie@{r}"),
+            "seconds": metrics.get("wall_seconds", metrics.get("train_seconds"))}
+
+
+def mean_std(values: list[float], digits: int = 4, scale: float = 1.0) -> str:
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["dataset"], row["method"], row["nbit"], row["R"])].append(row)
+    lines = ["| dataset | method | bits | seeds | mAP@R | tie-aware mAP@R | time per run (s) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for (dataset, method, nbit, r), group in sorted(groups.items()):
+        seeds = ",".join(str(g["seed"]) for g in sorted(group, key=lambda g: g["seed"]))
+        lines.append(f"| {dataset} | {method} | {nbit} | {seeds} | "
+                     f"{mean_std([g['map'] for g in group])} (R={r}) | "
+                     f"{mean_std([g['map_tie'] for g in group])} | "
+                     f"{mean_std([g['seconds'] for g in group], 1)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("roots", nargs="+", type=Path, help="sweep or run folders")
+    parser.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                        help="which model's query metrics to report (default: last)")
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.roots)
+    if not runs:
+        raise SystemExit(f"error: no finished run (metrics.json + config.yaml) under "
+                         f"{', '.join(map(str, args.roots))}")
+    text = table([load_run(run, args.checkpoint) for run in runs])
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

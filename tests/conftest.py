@@ -1,0 +1,47 @@
+"""Shared test fixtures: config composition, the repo root, the shared data folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: slower end-to-end tests (still CPU-only)")
+    config.addinivalue_line("markers", "gpu: needs CUDA; skipped without a GPU")
+    config.addinivalue_line("markers", "data: needs ../shared/data; skipped when it is absent")
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "train"):
+    """Compose a config exactly as main_v2.py would, without running it."""
+    import utils.config  # noqa: F401  (resolvers)
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        return hydra_compose(config_name=config_name, overrides=overrides or [],
+                             return_hydra_config=True)
+
+
+def run_cli(script: str, args: list[str], cwd: Path, timeout: int = 600,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run an entry point as a user would, from ``cwd``; returns the completed process."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
+    result = subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO

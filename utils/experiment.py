@@ -1,0 +1,168 @@
+"""What main_v2.py and val.py do, as plain functions (so tests can call them directly)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from utils import build
+from utils.checkpoint import load_checkpoint, write_json
+from utils.config import load_run_config, save_config, to_plain
+from utils.errors import CheckpointError, UserError
+from utils.retrieval import retrieval_report
+from utils.seed import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def exit_on_user_error(function):
+    """Turn a UserError into one line on stderr and exit status 2 (no traceback)."""
+
+    @wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:
+            user_error = build.user_error_in(error)
+            if user_error is None:
+                raise
+            print(f"error: {user_error}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted: resume with resume=<run dir>", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper
+
+
+def build_trainer(cfg: DictConfig, logdir: str | Path):
+    """Everything a run needs, built from its resolved config."""
+    seed_everything(int(cfg.seed))
+    device = build.resolve_device(cfg.device)
+    data = build.build_data(cfg)
+    model = build.build_model(cfg)
+    criterion = build.build_criterion(cfg)
+    trainer_cls = build.trainer_class(cfg)
+    return trainer_cls(cfg, model, criterion, data, build.build_train_transform(cfg),
+                       build.build_eval_transform(cfg), logdir, device)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """main_v2.py: train one run into cfg.logdir (or continue cfg.resume in place)."""
+    if cfg.get("resume"):
+        run_dir = Path(cfg.resume)
+        saved = load_run_config(run_dir)
+        with open_dict(saved):
+            saved.logdir = str(run_dir.resolve())
+            saved.resume = str(run_dir.resolve())
+        cfg = saved
+    else:
+        cfg = to_plain(cfg)
+    logdir = Path(cfg.logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    trainer = build_trainer(cfg, logdir)
+    sizes = {k: len(getattr(trainer.data, k)) for k in ("train", "query", "database")}
+    log.info("%s on %s (%s): train %d, query %d, database %d, device %s", cfg.model.name,
+             cfg.dataset.name, cfg.backbone._target_, sizes["train"], sizes["query"],
+             sizes["database"], trainer.device)
+    if not cfg.get("resume"):
+        save_config(cfg, logdir / "config.yaml")
+    optimizer = build.build_optimizer(cfg, trainer.model)
+    scheduler = build.build_scheduler(cfg, optimizer)
+    metrics = trainer.fit(optimizer, scheduler, resume=cfg.get("resume"))
+    metrics["wall_seconds"] = time.time() - started
+    write_json(metrics, logdir / "metrics.json")
+    print_metrics(metrics, logdir)
+    return metrics
+
+
+def print_metrics(metrics: dict, logdir: Path) -> None:
+    key = metrics["main_metric"]
+    last = metrics["last"]
+    lines = [f"final ({key.split('@')[0]} at R={key.split('@')[1]}): "
+             + ", ".join(f"{k} {v:.4f}" for k, v in last.items()
+                         if isinstance(v, float) and not k.startswith("tie"))]
+    if metrics.get("best"):
+        best = metrics["best"]
+        lines.append(f"best checkpoint (epoch {best['epoch']}, chosen on {best['selected_on']}):"
+                     f" {key} {best[key]:.4f}")
+    lines.append(f"time: {metrics.get('wall_seconds', metrics['train_seconds']):.1f} s")
+    lines.append(f"run directory: {logdir}")
+    print("\n".join(lines))
+
+
+def validate(vcfg: DictConfig) -> dict[str, Any]:
+    """val.py: rebuild a run from its directory, load a checkpoint, recompute the metrics."""
+    logdir = Path(vcfg.logdir)
+    cfg = load_run_config(logdir)
+    with open_dict(cfg):
+        cfg.logdir = str(logdir.resolve())
+        cfg.progress = bool(vcfg.progress)
+        if vcfg.R is not None:
+            cfg.dataset.R = int(vcfg.R)
+        if vcfg.data_dir is not None:
+            old = str(cfg.data_dir)
+            cfg.data_dir = str(vcfg.data_dir)
+            # data paths were resolved at training time: move them to the new data_dir
+            cfg.dataset.source = OmegaConf.create(
+                _replace_prefix(OmegaConf.to_container(cfg.dataset.source), old, cfg.data_dir))
+        if vcfg.protocol is not None:
+            cfg.dataset.source.protocol = vcfg.protocol
+        if vcfg.batch_size is not None:
+            cfg.eval_batch_size = int(vcfg.batch_size)
+        if vcfg.ks is not None:
+            cfg.ks = list(vcfg.ks)
+        if vcfg.radius is not None:
+            cfg.radius = int(vcfg.radius)
+        cfg.device = vcfg.device
+    name = str(vcfg.checkpoint)
+    if name not in ("best", "last"):
+        raise UserError(f"checkpoint must be best or last, got {name!r}")
+    path = logdir / "checkpoints" / f"{name}.pt"
+    if name == "best" and not path.exists() and (logdir / "checkpoints" / "last.pt").exists():
+        raise CheckpointError(f"{path} does not exist (no evaluation chose a best model yet): "
+                              "pass checkpoint=last")
+    state = load_checkpoint(path)
+    trainer = build_trainer(cfg, logdir)
+    from models.trainers.base import load_model_state
+
+    load_model_state(trainer.model, state["model"])
+    query = trainer.encode(trainer.data.query, "encode queries")
+    database = trainer.encode(trainer.data.database, "encode database")
+    report = retrieval_report(query, database, trainer.data.query.labels,
+                              trainer.data.database.labels, R=trainer.R,
+                              ks=tuple(cfg.ks), radius=int(cfg.radius),
+                              pr_curve=bool(vcfg.pr_curve))
+    result = {"checkpoint": name, "epoch": int(state.get("epoch", -1)), **report}
+    write_json(result, logdir / f"eval_{name}.json")
+    if vcfg.save_codes:
+        codes_dir = logdir / "codes"
+        codes_dir.mkdir(exist_ok=True)
+        np.savez(codes_dir / f"{name}.npz", query_codes=query.numpy(),
+                 database_codes=database.numpy(), query_labels=trainer.data.query.labels,
+                 database_labels=trainer.data.database.labels)
+    key = f"mAP@{'all' if trainer.R == -1 else trainer.R}"
+    print(f"{logdir} [{name}, epoch {result['epoch']}]: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in report.items()
+                      if isinstance(v, float) and (k.startswith(("mAP", "P@", "HitRate")))))
+    print(f"written to {logdir / f'eval_{name}.json'}")
+    return result
+
+
+def _replace_prefix(node: Any, old: str, new: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _replace_prefix(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_replace_prefix(v, old, new) for v in node]
+    if isinstance(node, str) and node.startswith(old):
+        return new + node[len(old):]
+    return node
