@@ -81,7 +81,7 @@ def split_validation(train_split, val_size: float | int, seed: int):
     if count >= n:
         raise ConfigError(f"val_size={val_size} leaves no validation database out of {n} "
                           "training items: use a smaller val_size")
-    order = np.random.RandomState(seed).permutation(n)
+    order = np.random.RandomState(seed % 2**32).permutation(n)
     return train_split.subset(np.sort(order[:count])), train_split.subset(np.sort(order[count:]))
 
 
@@ -130,11 +130,11 @@ def build_optimizer(cfg: DictConfig, model: HashModel) -> torch.optim.Optimizer:
                        "lr": float(cfg.optim.lr) * scale, "name": "backbone"})
     if not groups[0]["params"]:
         raise ConfigError(f"model={cfg.model.name} has no trainable parameters")
-    return instantiate(cfg.optim, params=groups)
+    return instantiate(cfg.optim, _partial_=True)(groups)  # tensors never pass through OmegaConf
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer):
-    return instantiate(cfg.scheduler, optimizer=optimizer)
+    return instantiate(cfg.scheduler, _partial_=True)(optimizer)
 
 
 def trainer_class(cfg: DictConfig):

@@ -1,0 +1,219 @@
+"""Splits of a hashing dataset and the containers the training engine consumes.
+
+A dataset *source* (``datasets.digits.digits_splits``, ``datasets.cifar.cifar10_splits``, ...)
+returns a :class:`HashingData`: three :class:`ImageSplit` objects (train, query, database) that
+load raw items lazily and know nothing about transforms. The engine wraps each split in a
+:class:`TransformedSplit` with the transform it wants (train augmentation, or the eval transform).
+
+Dataset item (design.md §4): ``(image, label, index)`` where
+
+- ``image`` is a float tensor ``(C, H, W)``, a list of such tensors for two-view transforms,
+  or a 1-D float32 feature vector ``(D,)`` for precomputed-feature datasets;
+- ``label`` is a ``torch.long`` scalar class id (single-label) or a float32 multi-hot vector
+  ``(C,)`` with values in {0, 1} (multi-label);
+- ``index`` is the int position of the item in its split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.errors import DataError
+
+
+class ImageSplit(torch.utils.data.Dataset):
+    """One split (train / query / database) of a hashing dataset, without transforms.
+
+    Subclasses implement :meth:`load` and :meth:`subset`.
+
+    Attributes:
+        labels: ``(N,)`` int64 class ids (single-label) or ``(N, C)`` float32 multi-hot {0, 1}.
+    """
+
+    labels: np.ndarray
+
+    def __init__(self, labels: np.ndarray):
+        labels = np.asarray(labels)
+        if labels.ndim == 1:
+            labels = labels.astype(np.int64, copy=False)
+        elif labels.ndim == 2:
+            labels = labels.astype(np.float32, copy=False)
+        else:
+            raise ValueError(f"labels must be (N,) or (N, C), got shape {labels.shape}")
+        self.labels = labels
+
+    @property
+    def multilabel(self) -> bool:
+        """True when labels are ``(N, C)`` multi-hot vectors."""
+        return self.labels.ndim == 2
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, i: int):
+        """The raw item ``i``: a PIL image (RGB or L), or a ``(D,)`` float32 tensor for features."""
+        raise NotImplementedError
+
+    def subset(self, indices) -> "ImageSplit":
+        """A split of the same kind holding items ``indices`` (in that order)."""
+        raise NotImplementedError
+
+    def label(self, i: int) -> torch.Tensor:
+        """Label of item ``i``: long scalar (single-label) or float32 ``(C,)`` (multi-label)."""
+        if self.multilabel:
+            return torch.tensor(self.labels[i], dtype=torch.float32)
+        return torch.tensor(int(self.labels[i]), dtype=torch.long)
+
+    def __getitem__(self, i: int):
+        i = int(i)
+        return self.load(i), self.label(i), i
+
+
+class ArrayImageSplit(ImageSplit):
+    """Images held in memory as one uint8 array (e.g. CIFAR-10 python batches, sklearn digits).
+
+    Args:
+        images: the whole pool, ``(M, H, W)`` uint8 (grey, PIL mode 'L') or ``(M, H, W, 3)``
+            uint8 (RGB). Shared, never copied, by subsets.
+        labels: labels of this split's items, ``(N,)`` or ``(N, C)``.
+        index: ``(N,)`` positions of this split's items in ``images``; default ``arange(M)``.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, index: np.ndarray | None = None):
+        super().__init__(labels)
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise ValueError(f"images must be uint8 (M,H,W) or (M,H,W,3), got {images.dtype} {images.shape}")
+        self.images = images
+        self.index = np.arange(len(images)) if index is None else np.asarray(index, dtype=np.int64)
+        if len(self.index) != len(self.labels):
+            raise ValueError("index and labels must have the same length")
+
+    def load(self, i: int) -> Image.Image:
+        return Image.fromarray(self.images[self.index[i]])
+
+    def subset(self, indices) -> "ArrayImageSplit":
+        indices = np.asarray(indices, dtype=np.int64)
+        return ArrayImageSplit(self.images, self.labels[indices], self.index[indices])
+
+
+class FileImageSplit(ImageSplit):
+    """Images read lazily from files, converted to ``mode`` (RGB by default, as the reference).
+
+    Args:
+        paths: ``N`` image file paths.
+        labels: ``(N,)`` or ``(N, C)``.
+        mode: PIL mode every image is converted to.
+    """
+
+    def __init__(self, paths: Sequence[str], labels: np.ndarray, mode: str = "RGB"):
+        super().__init__(labels)
+        # A numpy string array (not a list of str objects) so DataLoader workers do not
+        # copy the pages through reference counting.
+        self.paths = np.asarray([str(p) for p in paths]) if len(paths) else np.asarray([], dtype=str)
+        if len(self.paths) != len(self.labels):
+            raise ValueError("paths and labels must have the same length")
+        self.mode = mode
+
+    def load(self, i: int) -> Image.Image:
+        path = str(self.paths[i])
+        try:
+            with Image.open(path) as img:
+                return img.convert(self.mode)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise DataError(
+                f"Cannot read image {path} ({type(err).__name__}: {err}): "
+                "replace the file or remove it from the dataset."
+            ) from err
+
+    def subset(self, indices) -> "FileImageSplit":
+        indices = np.asarray(indices, dtype=np.int64)
+        return FileImageSplit(self.paths[indices], self.labels[indices], self.mode)
+
+
+class FeatureSplit(ImageSplit):
+    """Precomputed feature vectors; :meth:`load` returns a ``(D,)`` float32 tensor.
+
+    Args:
+        features: ``(N, D)`` float32.
+        labels: ``(N,)`` or ``(N, C)``.
+    """
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray):
+        super().__init__(labels)
+        self.features = np.asarray(features, dtype=np.float32)
+        if self.features.ndim != 2 or len(self.features) != len(self.labels):
+            raise ValueError(f"features must be (N, D) with N = {len(self.labels)}, got {self.features.shape}")
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension ``D``."""
+        return self.features.shape[1]
+
+    def load(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.features[i].copy())
+
+    def subset(self, indices) -> "FeatureSplit":
+        indices = np.asarray(indices, dtype=np.int64)
+        return FeatureSplit(self.features[indices], self.labels[indices])
+
+
+def is_feature_split(split: ImageSplit) -> bool:
+    """True when ``split`` yields feature vectors, for which image transforms are skipped."""
+    return isinstance(split, FeatureSplit)
+
+
+@dataclass
+class HashingData:
+    """The three splits of a hashing dataset.
+
+    Attributes:
+        train, query, database: the splits.
+        split_indices: ``{"train", "query", "database"} -> (N,) int64`` indices into the
+            source pool (for logging / saving), or None when the source has no common pool
+            (e.g. list files).
+    """
+
+    train: ImageSplit
+    query: ImageSplit
+    database: ImageSplit
+    split_indices: dict[str, np.ndarray] | None = None
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "query": len(self.query), "database": len(self.database)}
+
+
+class TransformedSplit(torch.utils.data.Dataset):
+    """A split with a transform applied: items ``(transform(split.load(i)), label, i)``.
+
+    If ``transform`` returns a list/tuple of views, the image is that list (the default collate
+    then gives a list of ``B x C x H x W`` tensors). ``transform=None`` returns the raw item.
+    For feature splits the transform is skipped; when the transform has ``views > 1`` the
+    feature vector is repeated into that many (identical) views so two-view methods still get
+    a list.
+    """
+
+    def __init__(self, split: ImageSplit, transform: Callable | None):
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        i = int(i)
+        item = self.split.load(i)
+        if self.transform is not None:
+            if is_feature_split(self.split):
+                views = int(getattr(self.transform, "views", 1))
+                if views > 1:
+                    item = [item.clone() for _ in range(views)]
+            else:
+                item = self.transform(item)
+            if isinstance(item, tuple):
+                item = list(item)
+        return item, self.split.label(i), i
