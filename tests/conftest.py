@@ -45,3 +45,24 @@ def run_cli(script: str, args: list[str], cwd: Path, timeout: int = 600,
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+def compose_run(overrides: list[str], tmp_path: Path, name: str = "run"):
+    """A composed training config ready for utils.experiment.train, writing under tmp_path."""
+    from omegaconf import open_dict
+
+    cfg = compose([f"logdir={tmp_path / name}", f"data_dir={tmp_path / 'data'}",
+                   "progress=false", "num_workers=0", *overrides])
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def val_config(logdir: Path, *overrides: str):
+    """A composed val.py config for ``logdir``."""
+    from omegaconf import open_dict
+
+    cfg = compose([f"logdir={logdir}", "progress=false", *overrides], config_name="val")
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

@@ -51,8 +51,15 @@ def build_trainer(cfg: DictConfig, logdir: str | Path):
     model = build.build_model(cfg)
     criterion = build.build_criterion(cfg)
     trainer_cls = build.trainer_class(cfg)
-    return trainer_cls(cfg, model, criterion, data, build.build_train_transform(cfg),
-                       build.build_eval_transform(cfg), logdir, device)
+    train_transform, eval_transform = build.build_train_transform(cfg), build.build_eval_transform(cfg)
+    # Frozen deterministic backbone: train and evaluate the head from cached features
+    # (feature_cache=auto|on|off; datasets/feature_cache.py).
+    from datasets.feature_cache import apply_feature_cache
+
+    model, data, train_transform, eval_transform = apply_feature_cache(
+        cfg, model, data, train_transform, eval_transform, device,
+        closed_form=bool(getattr(trainer_cls, "closed_form", False)))
+    return trainer_cls(cfg, model, criterion, data, train_transform, eval_transform, logdir, device)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -76,8 +83,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
              sizes["database"], trainer.device)
     if not cfg.get("resume"):
         save_config(cfg, logdir / "config.yaml")
-    optimizer = build.build_optimizer(cfg, trainer.model)
-    scheduler = build.build_scheduler(cfg, optimizer)
+    if getattr(trainer, "closed_form", False):  # LSH / PCAH / ITQ: fitted, not optimised
+        optimizer = scheduler = None
+    else:
+        optimizer = build.build_optimizer(cfg, trainer.model)
+        scheduler = build.build_scheduler(cfg, optimizer)
     metrics = trainer.fit(optimizer, scheduler, resume=cfg.get("resume"))
     metrics["wall_seconds"] = time.time() - started
     write_json(metrics, logdir / "metrics.json")
@@ -86,11 +96,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def print_metrics(metrics: dict, logdir: Path) -> None:
+    """The few numbers a user reads first; everything else is in metrics.json."""
     key = metrics["main_metric"]
     last = metrics["last"]
-    lines = [f"final ({key.split('@')[0]} at R={key.split('@')[1]}): "
-             + ", ".join(f"{k} {v:.4f}" for k, v in last.items()
-                         if isinstance(v, float) and not k.startswith("tie"))]
+    shown = [key, "mAP_tie@" + key.split("@")[1], "P@10", "HitRate@10", "P_radius@2",
+             "R_radius@2"]
+    lines = ["final: " + ", ".join(f"{k} {last[k]:.4f}" for k in shown if k in last)]
     if metrics.get("best"):
         best = metrics["best"]
         lines.append(f"best checkpoint (epoch {best['epoch']}, chosen on {best['selected_on']}):"
