@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA_DIR = Path(tempfile.gettempdir()) / "hashing-tests-data"  # feature caches of test runs
 sys.path.insert(0, str(REPO))
 
 
@@ -25,8 +27,15 @@ def compose(overrides: list[str] | None = None, config_name: str = "train"):
     import utils.config  # noqa: F401  (resolvers)
     from hydra import compose as hydra_compose, initialize_config_dir
 
+    overrides = list(overrides or [])
+    if config_name == "train" and not any(o.startswith("data_dir=") for o in overrides):
+        # data_dir defaults to ${hydra:runtime.cwd}/data, unset outside a Hydra run
+        overrides.append(f"data_dir={TEST_DATA_DIR}")
+    if config_name == "train" and not any(o.startswith("feature_cache=") for o in overrides):
+        # method tests drive the live backbone; the cache has its own tests that switch it on
+        overrides.append("feature_cache=off")
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        return hydra_compose(config_name=config_name, overrides=overrides or [],
+        return hydra_compose(config_name=config_name, overrides=overrides,
                              return_hydra_config=True)
 
 

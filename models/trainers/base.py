@@ -212,17 +212,7 @@ class Trainer:
                 last_epoch = epoch + 1 == self.epochs
                 interval = int(self.cfg.eval_interval)
                 if last_epoch or (interval > 0 and (epoch + 1) % interval == 0):
-                    metrics = self.evaluate()
-                    test_row = {"epoch": epoch + 1, **metrics}
-                    if self.validation is not None:
-                        test_row[f"val_{key}"] = self.evaluate_validation()
-                    self.test_history.append(test_row)
-                    for name, value in test_row.items():
-                        if name != "epoch":
-                            writer.add_scalar(f"eval/{name}", value, epoch + 1)
-                    log.info("epoch %d: %s %.4f%s", epoch + 1, key, metrics[key],
-                             f", val {test_row[f'val_{key}']:.4f}" if self.validation else "")
-                    self.update_best(test_row, epoch + 1, key)
+                    metrics = self.evaluate_epoch(epoch + 1, writer, key)
                     if last_epoch:
                         final = metrics
                 write_json(self.train_history, self.logdir / "train_history.json")
@@ -233,6 +223,22 @@ class Trainer:
         if not final:  # resumed a finished run: report its final evaluation again
             final = self.evaluate()
         return self.write_metrics(final, time.time() - started, key)
+
+    def evaluate_epoch(self, epoch: int, writer, key: str) -> dict[str, float]:
+        """Evaluate on the queries (and the validation split), record the row in
+        test_history and TensorBoard, update best.pt; returns the query metrics."""
+        metrics = self.evaluate()
+        test_row = {"epoch": epoch, **metrics}
+        if self.validation is not None:
+            test_row[f"val_{key}"] = self.evaluate_validation()
+        self.test_history.append(test_row)
+        for name, value in test_row.items():
+            if name != "epoch":
+                writer.add_scalar(f"eval/{name}", value, epoch)
+        log.info("epoch %d: %s %.4f%s", epoch, key, metrics[key],
+                 f", val {test_row[f'val_{key}']:.4f}" if self.validation else "")
+        self.update_best(test_row, epoch, key)
+        return metrics
 
     def update_best(self, test_row: dict, epoch: int, key: str) -> None:
         score = {"val": test_row.get(f"val_{key}"), "query": test_row[key],

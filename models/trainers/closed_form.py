@@ -89,16 +89,8 @@ class ClosedFormTrainer(Trainer):
             self.train_history = [row]
             write_json(self.train_history, self.logdir / "train_history.json")
 
-            metrics = self.evaluate()
-            test_row = {"epoch": epoch, **metrics}
-            if self.validation is not None:
-                test_row[f"val_{key}"] = self.evaluate_validation()
-            self.test_history = [test_row]
-            for name, value in test_row.items():
-                if name != "epoch":
-                    writer.add_scalar(f"eval/{name}", value, epoch)
-            log.info("%s fitted: %s %.4f", self.cfg.model.name, key, metrics[key])
-            self.update_best(test_row, epoch, key)  # writes checkpoints/best.pt
+            self.test_history = []
+            metrics = self.evaluate_epoch(epoch, writer, key)  # also writes checkpoints/best.pt
             write_json(self.test_history, self.logdir / "test_history.json")
             save_checkpoint({"model": self.model.trainable_state_dict(), "epoch": epoch,
                              "closed_form": True, "best_metric": float(self.best["metric"]),
