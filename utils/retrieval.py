@@ -44,6 +44,14 @@ relevance). A ``bincount`` of the keys gives both histograms; the pairs with dis
 the key and stably sorted by (query, distance) only; that gives the exact index-ordered
 relevance of the top T items. Everything stays in torch on the input device (NumPy input runs
 on the CPU); chunks of queries (and, on the CPU, tiles of the database) keep memory bounded.
+
+CPU fast path (``backend="auto"``, the default, when numba is installed; see
+:mod:`utils.retrieval_kernels`): codes packed into uint64 words, labels into class ids or uint64
+label bitmasks; per query one pass over the database (popcount of the XOR + relevance ->
+histograms) and one pass in index order over the items with distance ``<= d_T`` (rank = items in
+lower groups + items of the same group seen so far), i.e. two linear passes, no matmul, no sort,
+with the same results as the torch engine (same float64 operations). CUDA inputs, and CPU inputs
+when numba is missing, use the torch engine (``backend="torch"`` forces it).
 """
 
 from __future__ import annotations
@@ -65,6 +73,16 @@ __all__ = [
     "retrieval_report",
 ]
 
+try:  # the numba CPU fast path; without numba everything runs on the torch path
+    from utils import retrieval_kernels as _kernels
+
+    _HAVE_NUMBA = bool(_kernels.HAVE_NUMBA)
+    _numba = _kernels.numba
+except Exception:  # noqa: BLE001 - a broken numba install must not break the metrics
+    _kernels = _numba = None
+    _HAVE_NUMBA = False
+
+_BACKENDS = ("auto", "numba", "torch")
 _TIES = ("index", "average")
 _ZERO_RELEVANT = ("count", "skip")
 
@@ -324,7 +342,9 @@ def _check_labels(lab: torch.Tensor, name: str, n_rows: int, codes_name: str) ->
             raise ValueError(f"{name}: 1-D class ids must be integers")
 
 
-def _prepare(query_codes, db_codes, query_labels, db_labels) -> _Prepared:
+def _load(query_codes, db_codes, query_labels, db_labels):
+    """Validated ``(qc, dc, ql, dl, device)`` tensors, all moved to the queries' device (or the
+    database's when only it is a tensor; NumPy input -> CPU)."""
     qc = _as_tensor(query_codes, "query_codes")
     dc = _as_tensor(db_codes, "db_codes")
     if isinstance(query_codes, torch.Tensor):
@@ -357,7 +377,11 @@ def _prepare(query_codes, db_codes, query_labels, db_labels) -> _Prepared:
             f"db_labels {dl.shape[1]}"
         )
 
-    qc, dc, ql, dl = qc.to(device), dc.to(device), ql.to(device), dl.to(device)
+    return qc.to(device), dc.to(device), ql.to(device), dl.to(device), device
+
+
+def _prepare(query_codes, db_codes, query_labels, db_labels, loaded=None) -> _Prepared:
+    qc, dc, ql, dl, device = loaded or _load(query_codes, db_codes, query_labels, db_labels)
     nbit, n_q, n_db = qc.shape[1], qc.shape[0], dc.shape[0]
     # CUDA: float64 keys (exact whatever TF32 settings are); CPU: float32 (keys kept < 2**24).
     dtype = torch.float64 if device.type == "cuda" else torch.float32
@@ -431,6 +455,14 @@ class _ChunkPlan:
     tile: int  # database items per tile
 
 
+def _check_chunk_size(chunk_size) -> None:
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+        or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+
+
 def _plan(p: _Prepared, T: int, chunk_size: int | None) -> _ChunkPlan:
     """Queries per chunk (from a memory budget) and database items per tile."""
     bins_q = p.S * (p.nbit + 1)
@@ -444,9 +476,7 @@ def _plan(p: _Prepared, T: int, chunk_size: int | None) -> _ChunkPlan:
     if not cuda:
         chunk = min(chunk, 256)
     if chunk_size is not None:
-        if (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
-                or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        _check_chunk_size(chunk_size)
         chunk = int(chunk_size)
     if p.dtype == torch.float32:  # 2**23 + keys (and partial sums) must stay below 2**24
         margin = 2 * p.S * (p.nbit + 1) + 4 * p.q_aug.shape[1]
@@ -624,6 +654,111 @@ def _run(p: _Prepared, L_cols: Iterable[int], S_cols: Iterable[int], chunk_size)
 
 
 # --------------------------------------------------------------------------------------------
+# The numba CPU fast path (utils/retrieval_kernels.py): two linear passes per query, no matmul
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _NumbaPrepared:
+    """Packed operands of the numba kernels (see :mod:`utils.retrieval_kernels`)."""
+
+    qw: np.ndarray  # (Q, nw) uint64 packed codes
+    dw: np.ndarray  # (N, nw) uint64
+    q_lab: np.ndarray  # (Q,) int64 class ids or (Q, nl) uint64 label bitmasks
+    db_lab: np.ndarray  # (N,) int64 or (N, nl) uint64
+    multilabel: bool
+    nbit: int
+    n_q: int
+    n_db: int
+    device: torch.device
+
+
+def _code_bits(codes: torch.Tensor) -> np.ndarray:
+    return (codes if codes.dtype == torch.bool else codes >= 0).numpy()
+
+
+def _prepare_numba(loaded) -> _NumbaPrepared:
+    qc, dc, ql, dl, device = loaded
+    n_q, n_db = qc.shape[0], dc.shape[0]
+    pack = _kernels.pack_bits_u64
+    multilabel = ql.ndim == 2
+    if multilabel:
+        q_lab, db_lab = pack((ql != 0).numpy()), pack((dl != 0).numpy())
+    elif ql.is_floating_point():  # integral floats (checked): compare dense ids
+        _, inverse = torch.unique(torch.cat([ql, dl]), return_inverse=True)
+        inverse = inverse.to(torch.int64)
+        q_lab, db_lab = inverse[:n_q].numpy(), inverse[n_q:].numpy()
+    else:
+        q_lab, db_lab = ql.to(torch.int64).numpy(), dl.to(torch.int64).numpy()
+    return _NumbaPrepared(
+        qw=pack(_code_bits(qc)),
+        dw=pack(_code_bits(dc)),
+        q_lab=np.ascontiguousarray(q_lab),
+        db_lab=np.ascontiguousarray(db_lab),
+        multilabel=multilabel,
+        nbit=qc.shape[1],
+        n_q=n_q,
+        n_db=n_db,
+        device=device,
+    )
+
+
+def _run_numba(p: _NumbaPrepared, L_cols: Iterable[int], S_cols: Iterable[int]) -> _PerQuery:
+    """:func:`_run` with the numba kernels (same outputs, same float64 operations)."""
+    L_cols, S_cols = sorted(set(L_cols)), sorted(set(S_cols))
+    T = max(L_cols + S_cols, default=0)
+    nb = p.nbit + 1
+    n_hist = np.empty((p.n_q, nb), dtype=np.int64)
+    r_hist = np.empty((p.n_q, nb), dtype=np.int64)
+    L_out = np.zeros((p.n_q, len(L_cols)), dtype=np.int64)
+    S_out = np.zeros((p.n_q, len(S_cols)), dtype=np.float64)
+    # As many threads as torch uses (torch.set_num_threads is the engine's one knob).
+    threads = max(1, min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS))
+    n_blocks = max(1, min(p.n_q, 4 * threads))
+    old = _numba.get_num_threads()
+    _numba.set_num_threads(threads)
+    try:
+        if p.multilabel:
+            labels = (np.zeros(p.n_q, np.int64), np.zeros(p.n_db, np.int64), p.q_lab, p.db_lab)
+        else:
+            labels = (p.q_lab, p.db_lab, np.zeros((p.n_q, 1), np.uint64),
+                      np.zeros((p.n_db, 1), np.uint64))
+        _kernels.engine(p.qw, p.dw, *labels, p.multilabel, p.nbit, T,
+                        np.asarray(L_cols, dtype=np.int64), np.asarray(S_cols, dtype=np.int64),
+                        n_blocks, n_hist, r_hist, L_out, S_out)
+    finally:
+        _numba.set_num_threads(old)
+    return _PerQuery(
+        n_hist=torch.from_numpy(n_hist),
+        r_hist=torch.from_numpy(r_hist),
+        L_at={k: torch.from_numpy(L_out[:, c].copy()) for c, k in enumerate(L_cols)},
+        S_at={R: torch.from_numpy(S_out[:, c].copy()) for c, R in enumerate(S_cols)},
+    )
+
+
+def _engine(query_codes, db_codes, query_labels, db_labels, backend, chunk_size):
+    """Validated, prepared inputs and a ``run(L_cols, S_cols) -> _PerQuery`` for the backend.
+
+    ``backend``: ``"auto"`` (numba for CPU inputs when numba imports, else torch), ``"numba"``
+    or ``"torch"`` (the matmul/bincount engine; the only one for CUDA tensors).
+    """
+    _check_choice(backend, _BACKENDS, "backend")
+    loaded = _load(query_codes, db_codes, query_labels, db_labels)
+    device = loaded[4]
+    if backend == "numba":
+        if not _HAVE_NUMBA:
+            raise ValueError("backend='numba' needs the numba package, which is not importable")
+        if device.type != "cpu":
+            raise ValueError(f"backend='numba' runs on the CPU only, the inputs are on {device}")
+    if backend == "numba" or (backend == "auto" and _HAVE_NUMBA and device.type == "cpu"):
+        _check_chunk_size(chunk_size)  # validated for a uniform API; the kernels need no chunks
+        p = _prepare_numba(loaded)
+        return p, lambda L_cols, S_cols: _run_numba(p, L_cols, S_cols)
+    p = _prepare(query_codes, db_codes, query_labels, db_labels, loaded=loaded)
+    return p, lambda L_cols, S_cols: _run(p, L_cols, S_cols, chunk_size)
+
+
+# --------------------------------------------------------------------------------------------
 # Tie-aware AP
 # --------------------------------------------------------------------------------------------
 
@@ -751,6 +886,7 @@ def mean_average_precision(
     ties="index",
     zero_relevant="count",
     chunk_size=None,
+    backend="auto",
 ) -> float:
     """mAP@R over binary codes (see the module docstring for every convention).
 
@@ -764,7 +900,9 @@ def mean_average_precision(
             over random orders inside equal-distance groups (tie-aware AP).
         zero_relevant: ``"count"`` (a query with no relevant item in its top R scores 0) or
             ``"skip"`` (such a query is left out; 0.0 if all are).
-        chunk_size: queries per chunk (default: from a memory budget).
+        chunk_size: queries per chunk (default: from a memory budget; torch path only).
+        backend: ``"auto"`` (default: the numba kernels for CPU inputs when numba is
+            installed, else the torch engine), ``"numba"`` or ``"torch"``; same results.
     Returns:
         mAP@R as a Python float.
     Raises:
@@ -773,16 +911,16 @@ def mean_average_precision(
     _check_choice(ties, _TIES, "ties")
     _check_choice(zero_relevant, _ZERO_RELEVANT, "zero_relevant")
     R = _check_R(R)
-    p = _prepare(query_codes, db_codes, query_labels, db_labels)
+    p, run = _engine(query_codes, db_codes, query_labels, db_labels, backend, chunk_size)
     Rc = _clip(R, p.n_db)
     with torch.no_grad(), torch.autocast(device_type=p.device.type, enabled=False):
         if ties == "index":
-            pq = _run(p, [Rc], [Rc], chunk_size)
+            pq = run([Rc], [Rc])
             L, S = pq.L_at[Rc], pq.S_at[Rc]
             ap = torch.where(L > 0, S / L.clamp(min=1), 0.0)
             keep = (L > 0) if zero_relevant == "skip" else None
         else:
-            pq = _run(p, [], [], chunk_size)
+            pq = run([], [])
             ap, possible, _ = _tie_aware_ap(pq.n_hist, pq.r_hist, Rc)
             keep = possible if zero_relevant == "skip" else None
         return _mean(ap, keep)
@@ -799,6 +937,7 @@ def retrieval_report(
     zero_relevant="count",
     pr_curve=True,
     chunk_size=None,
+    backend="auto",
 ) -> dict:
     """All retrieval metrics in one pass over the distances.
 
@@ -809,7 +948,8 @@ def retrieval_report(
         radius: one Hamming radius or a list (>= 0; r > nbit counts everything).
         zero_relevant: "count" or "skip", for ``mAP@R`` and ``mAP_tie@R`` only.
         pr_curve: add ``pr_curve = {"radius": [0..nbit], "precision": [...], "recall": [...]}``.
-        chunk_size: queries per chunk (default: from a memory budget).
+        chunk_size: queries per chunk (default: from a memory budget; torch path only).
+        backend: ``"auto"``, ``"numba"`` or ``"torch"``, as :func:`mean_average_precision`.
     Returns:
         A flat dict of Python floats (JSON-serialisable): ``mAP@{R}``, ``mAP_tie@{R}``,
         ``tie_group_size@{R}`` per R (R printed as the integer, or ``all`` for -1); ``P@{k}``,
@@ -825,11 +965,11 @@ def retrieval_report(
         raise ValueError("R must hold at least one cut-off")
     ks = _check_positive_ints(ks, "ks")
     radii = _check_positive_ints(radius, "radius", allow_zero=True)
-    p = _prepare(query_codes, db_codes, query_labels, db_labels)
+    p, run = _engine(query_codes, db_codes, query_labels, db_labels, backend, chunk_size)
     Rc = {r: _clip(r, p.n_db) for r in Rs}
     kc = {k: min(k, p.n_db) for k in ks}
     with torch.no_grad(), torch.autocast(device_type=p.device.type, enabled=False):
-        pq = _run(p, list(Rc.values()) + list(kc.values()), list(Rc.values()), chunk_size)
+        pq = run(list(Rc.values()) + list(kc.values()), list(Rc.values()))
         out: dict = {}
         for r in Rs:
             L, S = pq.L_at[Rc[r]], pq.S_at[Rc[r]]

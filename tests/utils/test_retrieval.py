@@ -25,6 +25,11 @@ from utils.retrieval import (
     unpack_codes,
 )
 
+#: Engines checked against the oracle: the torch matmul/bincount path and the numba CPU kernels
+#: (skipped when numba is not installed; ``backend="auto"`` then falls back to torch).
+BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(
+    not ret._HAVE_NUMBA, reason="numba is not installed"))]
+
 # --------------------------------------------------------------------------------------------
 # Independent brute-force oracle: full distance matrix, stable argsort, plain loops.
 # --------------------------------------------------------------------------------------------
@@ -383,12 +388,14 @@ def _patched(cfg):
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("backend", BACKENDS)
 @given(problems(), engine_settings(), st.sampled_from(["count", "skip"]))
-def test_report_matches_oracle(prob, cfg, zero_relevant):
+def test_report_matches_oracle(backend, prob, cfg, zero_relevant):
     q, d, ql, dl, Rs, ks, radii = prob
     with _patched(cfg):
         rep = retrieval_report(q, d, ql, dl, R=Rs, ks=ks, radius=radii,
-                               zero_relevant=zero_relevant, chunk_size=cfg["chunk"])
+                               zero_relevant=zero_relevant, chunk_size=cfg["chunk"],
+                               backend=backend)
     exp = oracle(q, d, ql, dl, Rs=Rs, ks=ks, radii=radii, zero_relevant=zero_relevant)
     for R in Rs:
         name = "all" if R == -1 else str(R)
@@ -408,27 +415,30 @@ def test_report_matches_oracle(prob, cfg, zero_relevant):
 
 
 @settings(max_examples=80, deadline=None)
+@pytest.mark.parametrize("backend", BACKENDS)
 @given(problems(), engine_settings(), st.sampled_from(["count", "skip"]))
-def test_map_matches_oracle(prob, cfg, zero_relevant):
+def test_map_matches_oracle(backend, prob, cfg, zero_relevant):
     q, d, ql, dl, Rs, _, _ = prob
     R = Rs[0]
     with _patched(cfg):
         got = mean_average_precision(q, d, ql, dl, R=R, zero_relevant=zero_relevant,
-                                     chunk_size=cfg["chunk"])
+                                     chunk_size=cfg["chunk"], backend=backend)
     exp = oracle(q, d, ql, dl, Rs=[R], zero_relevant=zero_relevant)[("mAP", R)]
     assert got == pytest.approx(exp, abs=1e-9)
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
 @pytest.mark.parametrize("small_tiles", [False, True])
-def test_medium_case_matches_oracle(multilabel, small_tiles):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_medium_case_matches_oracle(multilabel, small_tiles, backend):
     # 12 bits, 2,500 items: big tie groups; several chunks and (optionally) database tiles.
     q, d, ql, dl = _medium(seed=21, n_q=37, n_db=2500, nbit=12, multilabel=multilabel)
     kw = dict(R=[1, 300, 2500, -1], ks=(1, 10, 299, 3000), radius=[0, 3, 12])
     with contextlib.ExitStack() as stack:
         if small_tiles:
             stack.enter_context(mock.patch.object(ret, "_CPU_TILE_PAIRS", 5000))
-        rep = retrieval_report(q, d, ql, dl, chunk_size=7 if small_tiles else None, **kw)
+        rep = retrieval_report(q, d, ql, dl, chunk_size=7 if small_tiles else None,
+                               backend=backend, **kw)
     exp = oracle(q, d, ql, dl, Rs=kw["R"], ks=kw["ks"], radii=kw["radius"])
     for R in kw["R"]:
         name = "all" if R == -1 else str(R)
@@ -450,16 +460,18 @@ def test_medium_case_matches_oracle(multilabel, small_tiles):
 @settings(max_examples=80, deadline=None)
 @given(problems(max_q=3, max_db=7, bits=(1, 2, 3)), engine_settings(),
        st.sampled_from(["count", "skip"]))
-def test_tie_aware_matches_exhaustive_enumeration(prob, cfg, zero_relevant):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tie_aware_matches_exhaustive_enumeration(backend, prob, cfg, zero_relevant):
     q, d, ql, dl, Rs, _, _ = prob
     with _patched(cfg):
         for R in Rs[:2]:
             got = mean_average_precision(q, d, ql, dl, R=R, ties="average",
-                                         zero_relevant=zero_relevant, chunk_size=cfg["chunk"])
+                                         zero_relevant=zero_relevant, chunk_size=cfg["chunk"],
+                                         backend=backend)
             exp = tie_oracle(q, d, ql, dl, R, zero_relevant=zero_relevant)
             assert got == pytest.approx(exp, abs=1e-10)
         rep = retrieval_report(q, d, ql, dl, R=Rs, ks=(), zero_relevant=zero_relevant,
-                               chunk_size=cfg["chunk"])
+                               chunk_size=cfg["chunk"], backend=backend)
     for R in Rs:
         exp = tie_oracle(q, d, ql, dl, R, zero_relevant=zero_relevant)
         assert rep[f"mAP_tie@{'all' if R == -1 else R}"] == pytest.approx(exp, abs=1e-10)
@@ -523,9 +535,10 @@ def _scalars(rep):
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
-def test_invariances(multilabel):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_invariances(multilabel, backend):
     q, d, ql, dl = _medium(multilabel=multilabel)
-    kw = dict(R=[10, -1], ks=(1, 5, 50), radius=[0, 2])
+    kw = dict(R=[10, -1], ks=(1, 5, 50), radius=[0, 2], backend=backend)
     base = retrieval_report(q, d, ql, dl, **kw)
     # Query order.
     perm = np.random.default_rng(1).permutation(len(q))
@@ -616,7 +629,8 @@ def test_pack_and_distances(nbit):
     np.testing.assert_array_equal(hamming_distance_packed(packed, pack_codes(b)).numpy(), brute)
 
 
-def test_many_classes_at_the_float32_limit():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_classes_at_the_float32_limit(backend):
     # 400 classes x 66 distances = 52,800 bins per query: a requested chunk of 10,000 queries is
     # capped so that every key stays exactly representable in float32 (< 2**24).
     rng = np.random.default_rng(12)
@@ -626,7 +640,8 @@ def test_many_classes_at_the_float32_limit():
     d[:, :60] = 1.0
     ql, dl = rng.integers(0, 400, 450), rng.integers(0, 400, 30)
     ql[:200] = dl[rng.integers(0, 30, 200)]  # make sure many queries have a relevant item
-    rep = retrieval_report(q, d, ql, dl, R=[3, -1], ks=(2,), radius=1, chunk_size=10_000)
+    rep = retrieval_report(q, d, ql, dl, R=[3, -1], ks=(2,), radius=1, chunk_size=10_000,
+                           backend=backend)
     exp = oracle(q, d, ql, dl, Rs=[3, -1], ks=[2], radii=[1])
     assert rep["mAP@3"] == pytest.approx(exp[("mAP", 3)], abs=1e-9)
     assert rep["mAP@all"] == pytest.approx(exp[("mAP", -1)], abs=1e-9)
@@ -641,6 +656,73 @@ def test_sparse_nonzero_matches_nonzero(n, p, offset, seed):
     mask = torch.rand(n + offset, generator=g) < p
     view = mask[offset:]
     assert torch.equal(ret._sparse_nonzero(view), view.nonzero().squeeze(1))
+
+
+# --------------------------------------------------------------------------------------------
+# Backends: numba kernels vs torch engine, selection and fallback
+# --------------------------------------------------------------------------------------------
+
+
+needs_numba = pytest.mark.skipif(not ret._HAVE_NUMBA, reason="numba is not installed")
+
+
+@needs_numba
+@pytest.mark.parametrize("nbit, n_lab", [(12, 0), (64, 0), (65, 3), (128, 70), (24, 21)])
+def test_numba_equals_torch(nbit, n_lab):
+    # Multi-word codes (65, 128 bits) and labels (70 labels = 2 uint64 words), heavy ties
+    # (12 bits): every number of the report is the same float as the torch engine's.
+    rng = np.random.default_rng(nbit + n_lab)
+    n_q, n_db = 23, 1500
+    q = rng.normal(size=(n_q, nbit)).astype(np.float32)
+    d = rng.normal(size=(n_db, nbit)).astype(np.float32)
+    d[::3] = q[rng.integers(0, n_q, len(d[::3]))]  # exact duplicates of queries: ties at 0
+    if n_lab:
+        ql = (rng.random((n_q, n_lab)) < 3 / n_lab).astype(np.int64)
+        dl = (rng.random((n_db, n_lab)) < 3 / n_lab).astype(np.int64)
+    else:
+        ql, dl = rng.integers(0, 5, n_q), rng.integers(0, 5, n_db)
+    kw = dict(R=[1, 100, 777, -1], ks=(1, 10, 100, 1499, 5000), radius=[0, 2, nbit])
+    a = retrieval_report(q, d, ql, dl, backend="numba", **kw)
+    b = retrieval_report(q, d, ql, dl, backend="torch", **kw)
+    assert a == b
+    for R in (1, 100, -1):
+        for ties in ("index", "average"):
+            assert mean_average_precision(q, d, ql, dl, R=R, ties=ties, backend="numba") == \
+                mean_average_precision(q, d, ql, dl, R=R, ties=ties, backend="torch")
+
+
+@needs_numba
+@pytest.mark.parametrize("kind", ["float", "bool", "int8", "torch_uint8", "bool_codes"])
+def test_numba_label_and_code_dtypes(kind):
+    q, d, ql, dl = _medium(seed=8)
+    if kind == "float":
+        ql, dl = ql.astype(np.float64) * 1e6 - 3, dl.astype(np.float64) * 1e6 - 3
+    elif kind == "bool":
+        ql, dl = ql > 1, dl > 1
+    elif kind == "int8":
+        ql, dl = ql.astype(np.int8) - 2, dl.astype(np.int8) - 2
+    elif kind == "torch_uint8":
+        ql, dl = torch.from_numpy(ql.astype(np.uint8)), torch.from_numpy(dl.astype(np.uint8))
+    else:
+        q, d = q >= 0, d >= 0
+    kw = dict(R=[5, -1], ks=(1, 7), radius=[1])
+    assert retrieval_report(q, d, ql, dl, backend="numba", **kw) == \
+        retrieval_report(q, d, ql, dl, backend="torch", **kw)
+
+
+def test_backend_auto_choice_and_fallback():
+    q, d, ql, dl = _medium(seed=6)
+    exp = mean_average_precision(q, d, ql, dl, R=9, backend="torch")
+    with mock.patch.object(ret, "_run_numba", wraps=ret._run_numba) as spy:
+        assert mean_average_precision(q, d, ql, dl, R=9) == pytest.approx(exp, abs=1e-12)
+    assert spy.called == ret._HAVE_NUMBA  # auto = numba on the CPU when numba imports
+    with mock.patch.object(ret, "_HAVE_NUMBA", False), \
+            mock.patch.object(ret, "_run_numba", side_effect=AssertionError) as spy:
+        assert mean_average_precision(q, d, ql, dl, R=9) == exp  # silent fallback to torch
+        with pytest.raises(ValueError, match="needs the numba package"):
+            mean_average_precision(q, d, ql, dl, R=9, backend="numba")
+    with pytest.raises(ValueError, match="unknown backend='cuda'"):
+        retrieval_report(q, d, ql, dl, backend="cuda")
 
 
 # --------------------------------------------------------------------------------------------
@@ -690,7 +772,9 @@ def test_bad_input_map(kwargs, match):
         (dict(radius=-1), "radius must be >= 0"),
         (dict(zero_relevant="drop"), "unknown zero_relevant"),
         (dict(chunk_size=0), "chunk_size"),
+        (dict(chunk_size=0, backend="torch"), "chunk_size"),
         (dict(db_codes=_D[:, :3]), "nbit mismatch"),
+        (dict(backend="gpu"), "unknown backend='gpu'"),
     ],
 )
 def test_bad_input_report(kwargs, match):
