@@ -1,10 +1,15 @@
 """Summarise a sweep: one row per (method, dataset, bits), mean ± std over seeds.
 
     python scripts/summarize.py logs/multirun/<time> [--checkpoint last|best] [--out table.md]
+    python scripts/summarize.py logs/results --pivot [--out table.md]
 
 Reads every <run>/metrics.json below the given folders (with its config.yaml) and prints a
 markdown table of mAP@R, tie-aware mAP@R and wall time per run. Std is the sample standard
-deviation (ddof = 1) over seeds; a single seed shows no std.
+deviation (ddof = 1) over seeds; a single seed shows no std. ``--pivot`` prints one table per
+(dataset, backbone, input size): one row per method, ordered by mAP@R at the longest code,
+two columns (mAP@R, tie-aware mAP@R) per code length, in percent, and the time of training
+plus final evaluation per run (metrics.json train_seconds: without building the data and the
+one-time feature extraction).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ def load_run(run: Path, checkpoint: str) -> dict:
     return {"method": cfg.model.name, "dataset": cfg.dataset.name, "nbit": int(cfg.model.nbit),
             "seed": int(cfg.seed), "backbone": str(cfg.backbone._target_).rsplit(".", 1)[-1],
             "R": r, "map": part[key], "map_tie": part.get(f"mAP_tie@{r}"),
+            "input": cfg.dataset.get("crop"), "fit_seconds": metrics.get("train_seconds"),
             "seconds": metrics.get("wall_seconds", metrics.get("train_seconds"))}
 
 
@@ -65,18 +71,56 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pivot(rows: list[dict]) -> str:
+    """Methods x code lengths, per (dataset, backbone, input size); mAP in percent."""
+    settings: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        settings[(row["dataset"], row["backbone"], row["input"], row["R"])].append(row)
+    out = []
+    for (dataset, backbone, size, r), group in sorted(settings.items(), key=str):
+        bits = sorted({g["nbit"] for g in group})
+        cells: dict[tuple, list[dict]] = defaultdict(list)
+        for g in group:
+            cells[(g["method"], g["nbit"])].append(g)
+        methods = sorted({g["method"] for g in group},
+                         key=lambda m: -statistics.mean([g["map"] for g in cells[(m, bits[-1])]])
+                         if cells[(m, bits[-1])] else 0.0)
+        out.append(f"{dataset}, backbone {backbone}, input {size} px, mAP@{r} and tie-aware "
+                   f"mAP@{r} in %, mean ± std over seeds (rows ordered by mAP at {bits[-1]} bits)")
+        out.append("")
+        head = "| method | " + " | ".join(f"{b} bits mAP | {b} bits tie-aware" for b in bits) + \
+            " | seeds | train + eval time per run (s) |"
+        out.append(head)
+        out.append("|---|" + "---:|---:|" * len(bits) + "---|---:|")
+        for method in methods:
+            runs = [g for b in bits for g in cells[(method, b)]]
+            seeds = sorted({g["seed"] for g in runs})
+            line = [method]
+            for b in bits:
+                cell = cells[(method, b)]
+                line += [mean_std([g["map"] for g in cell], 1, 100),
+                         mean_std([g["map_tie"] for g in cell], 1, 100)]
+            line += [",".join(map(str, seeds)), mean_std([g["fit_seconds"] for g in runs], 0)]
+            out.append("| " + " | ".join(line) + " |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="sweep or run folders")
     parser.add_argument("--checkpoint", choices=["last", "best"], default="last",
                         help="which model's query metrics to report (default: last)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument("--pivot", action="store_true",
+                        help="methods x code lengths table per setting (for docs/results.md)")
     args = parser.parse_args(argv)
     runs = find_runs(args.roots)
     if not runs:
         raise SystemExit(f"error: no finished run (metrics.json + config.yaml) under "
                          f"{', '.join(map(str, args.roots))}")
-    text = table([load_run(run, args.checkpoint) for run in runs])
+    rows = [load_run(run, args.checkpoint) for run in runs]
+    text = pivot(rows) if args.pivot else table(rows)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -1,0 +1,454 @@
+"""Frozen-backbone feature cache: compute backbone features once, train and evaluate heads from them.
+
+When the backbone is frozen and deterministic (eval mode, no dropout or drop-connect), every
+forward of an image through it gives the same vector, so the engine may compute the features
+of the training, query and database images once, keep them on disk, and train the hashing head
+from them. :func:`apply_feature_cache` (called by ``utils.experiment.build_trainer``, so that
+main_v2.py and val.py see the same features) swaps the splits, the transforms and the backbone
+before the trainer is built; no method's code changes.
+
+What is cached (one *entry* = the features ``(N, D)`` of one split under one transform):
+
+- query and database splits: the eval transform (bicubic resize + centre crop);
+- the training split: its train transform (SDC/UGH/BiHalf: NoAugmentation, a *bilinear* resize,
+  which differs from the eval transform) and, for validation and the closed-form baselines
+  (which read the training split through the eval transform), the eval transform as well;
+- a random train transform (two-view methods): a *bank* of ``V`` augmented views per image
+  (``feature_cache_views``, default 8), one entry per view index ``v``; view ``v`` of item ``i``
+  is drawn with torch's RNG seeded from ``(v, i)``, so the bank does not depend on the run's seed
+  or on the order of extraction. Each training step draws ``views`` *different* views per image
+  (without replacement) with torch's RNG, which the engine reseeds from (seed, epoch), so a
+  resumed run draws what an uninterrupted one draws. This approximates fresh augmentation: a
+  method sees at most V distinct augmentations of each image instead of a new one every epoch.
+
+The cache key (SHA-256 of the JSON of its parts; the parts are stored inside the file and
+re-checked on load) covers: the dataset name and split name, a fingerprint of the split's items
+(class, labels, file paths and sizes / array positions and a hash of the pixel pool / features),
+the backbone config (``_target_`` and arguments) and a hash of its weights (the whole state_dict),
+the transform config, the view index (and pipeline of a two-view transform), the stored dtype
+and a format version. Files: ``<feature_cache_dir>/<dataset>/<split>-<kind>-<key>.npz``
+(default ``<data_dir>/feature_cache``).
+
+Crash safety: extraction writes shards of ``SHARD`` items into ``<entry>.partial/`` (each shard
+written to a temporary file and renamed), skips finished shards when it starts again, and writes
+the final file by temporary file + rename, so a killed run never leaves a file that is read as
+complete, and the next run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from datasets.base import (ArrayImageSplit, FeatureSplit, FileImageSplit, HashingData, ImageSplit,
+                           is_feature_split)
+from datasets.transforms import EvalTransform, NoAugmentation
+from utils.build import resolve_workers
+from utils.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SHARD = 4096          # items per resumable shard
+AUG_SEED = 20240601   # base seed of the augmented-view banks (fixed: banks are shared by all runs)
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+# ---------------------------------------------------------------------------- fingerprints
+def _sha(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+_POOL_HASHES: dict[int, tuple[Any, str]] = {}
+
+
+def _array_hash(array: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes (memoised per object: pools are shared)."""
+    memo = _POOL_HASHES.get(id(array))
+    if memo is not None and memo[0] is array:
+        return memo[1]
+    h = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    h.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1).data)
+    digest = h.hexdigest()
+    _POOL_HASHES[id(array)] = (array, digest)
+    return digest
+
+
+def split_fingerprint(split: ImageSplit) -> str:
+    """A checksum of the list of items of ``split``: its class, labels, and what identifies each
+    item (file path and size; position in the pixel pool and a hash of the pool; the features)."""
+    h = hashlib.sha256(type(split).__name__.encode())
+    h.update(_array_hash(np.asarray(split.labels)).encode())
+    if isinstance(split, FileImageSplit):
+        h.update(split.mode.encode())
+        for path in split.paths:
+            path = str(path)
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = -1
+            h.update(f"{path}\0{size}\n".encode())
+    elif isinstance(split, ArrayImageSplit):
+        h.update(_array_hash(split.index).encode())
+        h.update(_array_hash(split.images).encode())
+    elif isinstance(split, FeatureSplit):
+        h.update(_array_hash(split.features).encode())
+    else:
+        raise ConfigError(f"feature_cache cannot fingerprint a {type(split).__name__} split: "
+                          "set feature_cache=off")
+    return h.hexdigest()
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """SHA-256 over the names, shapes, dtypes and values of the whole state_dict."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        h.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_key(parts: dict) -> str:
+    return _sha(json.dumps(parts, sort_keys=True, default=str))[:20]
+
+
+# ---------------------------------------------------------------------------- storage
+def _atomic_save_npz(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def load_entry(path: Path, parts: dict) -> np.ndarray | None:
+    """The stored features when ``path`` is a complete entry with exactly these key parts."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if json.loads(str(stored["parts"])) != json.loads(json.dumps(parts, default=str)):
+                log.warning("feature cache %s: key parts differ, recomputing", path)
+                return None
+            features = stored["features"]
+    except Exception as error:  # truncated / unreadable: recompute
+        log.warning("feature cache %s unreadable (%s), recomputing", path, error)
+        return None
+    if features.shape[0] != parts["items"]:
+        return None
+    return features
+
+
+class _Items(Dataset):
+    """Items ``[start, stop)`` of a split through ``transform``; with ``seed`` set, torch's RNG is
+    seeded from (seed, view, i) before transforming item i (reproducible augmented views)."""
+
+    def __init__(self, split: ImageSplit, transform: Callable, start: int, stop: int,
+                 seed: tuple[int, int] | None):
+        self.split, self.transform, self.start, self.stop, self.seed = split, transform, start, stop, seed
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, j: int):
+        i = self.start + int(j)
+        if self.seed is not None:
+            from utils.seed import derive_seed
+
+            torch.manual_seed(derive_seed(self.seed[0], self.seed[1], i))
+        return self.transform(self.split.load(i))
+
+
+def extract(split: ImageSplit, backbone: nn.Module, transform: Callable, path: Path, parts: dict,
+            device: torch.device, batch_size: int = 128, num_workers: int = 0,
+            view_seed: tuple[int, int] | None = None, progress: bool = True,
+            desc: str = "features") -> np.ndarray:
+    """Features ``(N, D)`` of ``split`` through ``transform`` and ``backbone`` (eval mode, no grad),
+    stored at ``path`` (see the module docstring); loads them when already complete."""
+    partial = path.with_name(path.name + ".partial")
+    features = load_entry(path, parts)
+    if features is not None:
+        if partial.exists():  # killed between the final rename and the clean-up
+            shutil.rmtree(partial, ignore_errors=True)
+        return features
+    n = len(split)
+    dtype = DTYPES[parts["dtype"]]
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "parts.json").write_text(json.dumps(parts, sort_keys=True, default=str))
+    shards = [(s, min(s + SHARD, n)) for s in range(0, n, SHARD)]
+    done = [s for s in shards if (partial / f"{s[0]:09d}.npy").is_file()]
+    was_training = backbone.training
+    backbone.eval()
+    channels_last = device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in backbone.modules())
+    started, computed = time.time(), 0
+    bar = tqdm(total=n, initial=sum(b - a for a, b in done), desc=desc, unit="img",
+               disable=not progress, smoothing=0.1)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            for start, stop in shards:
+                shard_path = partial / f"{start:09d}.npy"
+                if shard_path.is_file():
+                    continue
+                loader = DataLoader(_Items(split, transform, start, stop, view_seed),
+                                    batch_size=batch_size, shuffle=False, num_workers=num_workers)
+                chunk = []
+                for images in loader:
+                    images = images.to(device)
+                    if channels_last and images.dim() == 4:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    chunk.append(backbone(images).float().cpu().numpy().astype(dtype))
+                    computed += len(images)
+                    bar.update(len(images))
+                _atomic_save_npy(shard_path, np.concatenate(chunk))
+    finally:
+        bar.close()
+        backbone.train(was_training)
+    pieces = [np.load(partial / f"{a:09d}.npy") for a, _ in shards]
+    features = np.concatenate(pieces) if pieces else np.zeros((0, 0), dtype)
+    if features.shape[0] != n:
+        raise DataError(f"feature cache {partial} holds {features.shape[0]} rows for {n} items: "
+                        "delete that folder and run again")
+    _atomic_save_npz(path, features=features, parts=np.array(json.dumps(parts, sort_keys=True,
+                                                                        default=str)))
+    shutil.rmtree(partial, ignore_errors=True)
+    if computed:
+        seconds = time.time() - started
+        log.info("feature cache: %d images of %s in %.1f s (%.1f images/s) -> %s", computed, desc,
+                 seconds, computed / max(seconds, 1e-9), path)
+    return features
+
+
+# ---------------------------------------------------------------------------- cached splits
+class CachedSplit(ImageSplit):
+    """A split whose items are cached backbone features, one array per transform *kind*.
+
+    ``features[kind]`` is ``(N, D)`` (a deterministic transform) or ``(P, V, N, D)`` (a bank of V
+    augmented views for each of P pipelines of a random transform). :meth:`load` returns the dict
+    ``{kind: (D,) or (P, V, D) tensor}`` of one item; a :class:`CachedView` transform picks from it.
+    """
+
+    def __init__(self, features: dict[str, np.ndarray], labels: np.ndarray):
+        super().__init__(labels)
+        self.features = features
+        for kind, array in features.items():
+            if array.shape[-2] != len(self.labels):
+                raise ValueError(f"cached {kind} features hold {array.shape[-2]} rows for "
+                                 f"{len(self.labels)} labels")
+
+    def load(self, i: int) -> dict[str, torch.Tensor]:
+        return {kind: torch.from_numpy(np.asarray(array[..., i, :], dtype=np.float32))
+                for kind, array in self.features.items()}
+
+    def subset(self, indices) -> "CachedSplit":
+        indices = np.asarray(indices, dtype=np.int64)
+        return CachedSplit({k: np.take(a, indices, axis=-2) for k, a in self.features.items()},
+                           self.labels[indices])
+
+
+class CachedView:
+    """The pass-through transform of cached features: kind ``"eval"``/``"train"`` of the item.
+
+    For a bank ``(P, V, D)`` it returns ``views`` vectors: with one pipeline (P = 1), ``views``
+    different view indices drawn without replacement from V; with P = views pipelines (an
+    asymmetric two-view transform), one random view of each pipeline. Randomness: torch's RNG
+    (reseeded by the engine every epoch, and per worker by the DataLoader).
+    """
+
+    def __init__(self, kind: str, views: int = 1):
+        self.kind = kind
+        self.views = int(views)
+
+    def __call__(self, item: dict[str, torch.Tensor]):
+        x = item[self.kind]
+        if x.dim() == 1:
+            return x if self.views == 1 else [x.clone() for _ in range(self.views)]
+        pipelines, banks = x.shape[0], x.shape[1]
+        if pipelines == 1:
+            picks = torch.randperm(banks)[: self.views]
+            chosen = [x[0, int(v)] for v in picks]
+        else:
+            chosen = [x[p, int(torch.randint(banks, ()))] for p in range(pipelines)]
+        return chosen[0] if self.views == 1 else chosen
+
+    def __repr__(self) -> str:
+        return f"CachedView(kind={self.kind!r}, views={self.views})"
+
+
+# ---------------------------------------------------------------------------- engine hook
+def _is_deterministic_transform(transform) -> bool:
+    return bool(getattr(transform, "deterministic",
+                        isinstance(transform, (NoAugmentation, EvalTransform))))
+
+
+def _pipelines(transform) -> list[Callable]:
+    """The single-view pipelines of a random transform (one bank each)."""
+    if int(getattr(transform, "views", 1)) == 1:
+        return [transform]
+    first, second = getattr(transform, "first", None), getattr(transform, "second", None)
+    if first is None or second is None:
+        raise ConfigError(f"feature_cache cannot split the two-view transform {transform!r} into "
+                          "its pipelines: set feature_cache=off")
+    return [first] if first is second else [first, second]
+
+
+def why_not_applicable(cfg: DictConfig, model, data: HashingData) -> str | None:
+    """None when the feature cache applies, else the reason (one clause)."""
+    if float(cfg.backbone_lr_scale) != 0 or not getattr(model, "frozen_backbone", False):
+        return f"the backbone is trained (backbone_lr_scale={cfg.backbone_lr_scale}); set backbone_lr_scale=0"
+    backbone = model.backbone
+    if not getattr(backbone, "deterministic", False):
+        return f"the backbone {cfg.backbone._target_} is not deterministic in eval mode"
+    if model.head.input_kind != "features":
+        return f"model={cfg.model.name} reads {model.head.input_kind}, not one feature vector per image"
+    from models.backbone.simple import Identity
+
+    if isinstance(backbone, (Identity, nn.Identity)) or any(
+            is_feature_split(s) or isinstance(s, CachedSplit)
+            for s in (data.train, data.query, data.database)):
+        return "the dataset already yields feature vectors (nothing to cache)"
+    return None
+
+
+def rows_within(sub: ImageSplit, sup: ImageSplit) -> np.ndarray | None:
+    """Rows of ``sup`` that hold the items of ``sub`` (same files, or same pool positions of the
+    same pixel array) when all of them are there, else None. Train is part of the database in
+    most protocols: its eval-transform features are then taken from the database's."""
+    if isinstance(sub, FileImageSplit) and isinstance(sup, FileImageSplit) and sub.mode == sup.mode:
+        lookup = {str(p): i for i, p in enumerate(sup.paths)}
+        keys: list = [str(p) for p in sub.paths]
+    elif (isinstance(sub, ArrayImageSplit) and isinstance(sup, ArrayImageSplit)
+          and sub.images is sup.images):
+        lookup = {int(j): i for i, j in enumerate(sup.index)}
+        keys = [int(j) for j in sub.index]
+    else:
+        return None
+    rows = [lookup.get(k) for k in keys]
+    if any(r is None for r in rows):
+        return None
+    rows = np.asarray(rows, dtype=np.int64)
+    return rows if np.array_equal(sup.labels[rows], sub.labels) else None
+
+
+def cache_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.get("feature_cache_dir") or Path(str(cfg.data_dir)) / "feature_cache")
+
+
+def _plain(node) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def apply_feature_cache(cfg: DictConfig, model, data: HashingData, train_transform,
+                        eval_transform, device: torch.device, closed_form: bool = False):
+    """Swap a frozen backbone for cached features when ``cfg.feature_cache`` allows it.
+
+    Returns ``(model, data, train_transform, eval_transform)``: unchanged when the cache does not
+    apply (``auto``, ``off``); else ``model.backbone`` is an identity over ``D`` features, the three
+    splits are :class:`CachedSplit` objects and the transforms are :class:`CachedView` pass-throughs
+    (with the train transform's ``views``). ``feature_cache=on`` where it cannot apply is a
+    ConfigError saying why. ``closed_form``: the trainer reads the training split through the eval
+    transform (LSH / PCAH / ITQ).
+    """
+    mode = str(cfg.get("feature_cache", "auto")).lower()
+    if mode in ("false", "off", "0", "none"):
+        return model, data, train_transform, eval_transform
+    if mode not in ("auto", "on", "true", "1"):
+        raise ConfigError(f"feature_cache must be auto, on or off, got {cfg.feature_cache!r}")
+    reason = why_not_applicable(cfg, model, data)
+    if reason is not None:
+        if mode != "auto":
+            raise ConfigError(f"feature_cache=on cannot apply: {reason} (or set feature_cache=auto)")
+        log.info("feature cache not used: %s", reason)
+        return model, data, train_transform, eval_transform
+
+    dtype = str(cfg.get("feature_cache_dtype", "float32"))
+    if dtype not in DTYPES:
+        raise ConfigError(f"feature_cache_dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    n_views = int(cfg.get("feature_cache_views", 8))
+    views = int(getattr(train_transform, "views", 1))
+    backbone = model.backbone.to(device)
+    root = cache_dir_of(cfg) / str(cfg.dataset.name)
+    root.mkdir(parents=True, exist_ok=True)
+    common = {"version": FORMAT_VERSION, "dataset": str(cfg.dataset.name),
+              "backbone": _plain(cfg.backbone), "weights": weights_fingerprint(backbone),
+              "dtype": dtype}
+    eval_cfg = {"_target_": "datasets.transforms.eval_transform", "resize": cfg.dataset.resize,
+                "crop": cfg.dataset.crop, "interpolation": "bicubic"}
+    train_cfg = _plain(cfg.transforms)
+    batch = int(cfg.get("eval_batch_size") or cfg.batch_size)
+    workers = resolve_workers(
+        cfg.get("num_workers", 0))
+    progress = bool(cfg.get("progress", True))
+
+    def entry(name: str, split: ImageSplit, transform, tcfg, fingerprint: str, view=None,
+              pipeline=None, seed=None) -> np.ndarray:
+        parts = {**common, "split": name, "items": len(split), "split_fingerprint": fingerprint,
+                 "transform": tcfg, "view": view, "pipeline": pipeline,
+                 "aug_seed": None if view is None else AUG_SEED}
+        tag = "eval" if tcfg is eval_cfg else "train"
+        suffix = "" if view is None else f"-p{pipeline}v{view}"
+        path = root / f"{name}-{tag}{suffix}-{cache_key(parts)}.npz"
+        return extract(split, backbone, transform, path, parts, device, batch, workers,
+                       view_seed=seed, progress=progress,
+                       desc=f"{cfg.dataset.name} {name} {tag}{suffix}")
+
+    prints = {name: split_fingerprint(getattr(data, name)) for name in ("train", "query", "database")}
+    query = CachedSplit({"eval": entry("query", data.query, eval_transform, eval_cfg, prints["query"])},
+                        data.query.labels)
+    database = CachedSplit({"eval": entry("database", data.database, eval_transform, eval_cfg,
+                                          prints["database"])}, data.database.labels)
+    train_features: dict[str, np.ndarray] = {}
+    needs_eval = closed_form or float(cfg.get("val_size", 0) or 0) > 0
+    if needs_eval:
+        rows = rows_within(data.train, data.database)
+        train_features["eval"] = (database.features["eval"][rows] if rows is not None else
+                                  entry("train", data.train, eval_transform, eval_cfg, prints["train"]))
+    if not closed_form:
+        if _is_deterministic_transform(train_transform) and views == 1:
+            train_features["train"] = entry("train", data.train, train_transform, train_cfg,
+                                            prints["train"])
+        else:
+            if n_views < views:
+                raise ConfigError(f"feature_cache_views={n_views} cannot give {views} different "
+                                  "views per image: set feature_cache_views >= 2")
+            banks = []
+            for p, pipeline in enumerate(_pipelines(train_transform)):
+                banks.append(np.stack([entry("train", data.train, pipeline, train_cfg,
+                                             prints["train"], view=v, pipeline=p,
+                                             seed=(AUG_SEED + p, v))
+                                       for v in range(n_views)]))
+            train_features["train"] = np.stack(banks)  # (P, V, N, D)
+    train = CachedSplit(train_features, data.train.labels)
+
+    from models.backbone.simple import Identity
+
+    model.backbone = Identity(int(backbone.features_size))
+    model.frozen_backbone = True
+    model.to(device)
+    cached = HashingData(train=train, query=query, database=database,
+                         split_indices=data.split_indices)
+    train_view = CachedView("eval" if closed_form else "train", views)
+    log.info("feature cache: %s (D=%d), training from %s features", root, backbone.features_size,
+             train_view.kind)
+    return model, cached, train_view, CachedView("eval", 1)
