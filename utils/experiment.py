@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from utils import build
@@ -161,7 +160,6 @@ def validate(vcfg: DictConfig) -> dict[str, Any]:
         np.savez(codes_dir / f"{name}.npz", query_codes=query.numpy(),
                  database_codes=database.numpy(), query_labels=trainer.data.query.labels,
                  database_labels=trainer.data.database.labels)
-    key = f"mAP@{'all' if trainer.R == -1 else trainer.R}"
     print(f"{logdir} [{name}, epoch {result['epoch']}]: "
           + ", ".join(f"{k} {v:.4f}" for k, v in report.items()
                       if isinstance(v, float) and (k.startswith(("mAP", "P@", "HitRate")))))

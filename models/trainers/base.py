@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -302,7 +301,3 @@ def load_model_state(model, state: dict[str, torch.Tensor]) -> None:
     if missing:
         raise CheckpointError(f"The checkpoint lacks {len(missing)} model tensors (e.g. "
                               f"{missing[0]}); was it written with another model?")
-
-
-def codes_to_numpy(codes: torch.Tensor) -> np.ndarray:
-    return codes.numpy()
