@@ -55,10 +55,29 @@ if HAVE_NUMBA:
         c = qid[i]
         if nw == 1:
             q0 = qw[i, 0]
-            for j in range(ndb):
+            # four interleaved histograms break the store-to-load dependency of h[key] += 1
+            nh = h.shape[0]
+            h4 = np.zeros((4, nh), np.int64)
+            head = ndb - ndb % 4
+            for j in range(0, head, 4):
+                k0 = 2 * _popcount(q0 ^ dw[j, 0]) + (did[j] == c)
+                k1 = 2 * _popcount(q0 ^ dw[j + 1, 0]) + (did[j + 1] == c)
+                k2 = 2 * _popcount(q0 ^ dw[j + 2, 0]) + (did[j + 2] == c)
+                k3 = 2 * _popcount(q0 ^ dw[j + 3, 0]) + (did[j + 3] == c)
+                buf[j] = k0
+                buf[j + 1] = k1
+                buf[j + 2] = k2
+                buf[j + 3] = k3
+                h4[0, k0] += 1
+                h4[1, k1] += 1
+                h4[2, k2] += 1
+                h4[3, k3] += 1
+            for j in range(head, ndb):
                 key = 2 * _popcount(q0 ^ dw[j, 0]) + (did[j] == c)
                 buf[j] = key
-                h[key] += 1
+                h4[0, key] += 1
+            for b in range(nh):
+                h[b] += h4[0, b] + h4[1, b] + h4[2, b] + h4[3, b]
         else:
             for j in range(ndb):
                 d = 0
