@@ -90,6 +90,22 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_val_save_codes_writes_the_codes_it_scored(tmp_path):
+    from utils.experiment import train, validate
+    from utils.retrieval import retrieval_report
+
+    train(compose_run(["epochs=1", "eval_interval=1", "model.nbit=16"], tmp_path))
+    result = validate(val_config(tmp_path / "run", "checkpoint=last", "save_codes=true"))
+    with np.load(tmp_path / "run" / "codes" / "last.npz") as codes:
+        assert codes["query_codes"].shape == (200, 16)
+        assert codes["database_codes"].shape == (1597, 16)
+        again = retrieval_report(torch.from_numpy(codes["query_codes"]),
+                                 torch.from_numpy(codes["database_codes"]),
+                                 codes["query_labels"], codes["database_labels"], R=100)
+    assert again["mAP@100"] == result["mAP@100"]
+    assert sorted(p.name for p in (tmp_path / "run" / "codes").iterdir()) == ["last.npz"]
+
+
 @pytest.mark.slow
 def test_sdc_learns_on_digits_beyond_random_projections(tmp_path):
     """The default demo (100 epochs, about a minute): SDC's 64-bit codes beat random

@@ -61,6 +61,13 @@ def write_json(data: Any, path: str | os.PathLike) -> None:
     _atomic_write(Path(path), lambda handle: handle.write(text))
 
 
+def write_npz(path: str | os.PathLike, **arrays) -> None:
+    """Write arrays to an uncompressed .npz atomically (no half-written file after a kill)."""
+    import numpy as np
+
+    _atomic_write(Path(path), lambda handle: np.savez(handle, **arrays))
+
+
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:
     path = Path(path)
     if not path.is_file():

@@ -9,11 +9,10 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from utils import build
-from utils.checkpoint import load_checkpoint, write_json
+from utils.checkpoint import load_checkpoint, write_json, write_npz
 from utils.config import load_run_config, save_config, to_plain
 from utils.errors import CheckpointError, UserError
 from utils.retrieval import retrieval_report
@@ -157,7 +156,7 @@ def validate(vcfg: DictConfig) -> dict[str, Any]:
     if vcfg.save_codes:
         codes_dir = logdir / "codes"
         codes_dir.mkdir(exist_ok=True)
-        np.savez(codes_dir / f"{name}.npz", query_codes=query.numpy(),
+        write_npz(codes_dir / f"{name}.npz", query_codes=query.numpy(),
                  database_codes=database.numpy(), query_labels=trainer.data.query.labels,
                  database_labels=trainer.data.database.labels)
     print(f"{logdir} [{name}, epoch {result['epoch']}]: "
