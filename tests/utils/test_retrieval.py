@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import utils.retrieval as ret
+from conftest import REPO
 from utils.retrieval import (
     binarize,
     hamming_distance,
@@ -807,3 +808,31 @@ def test_cuda_matches_cpu(multilabel):
     mixed = mean_average_precision(torch.from_numpy(q).to(dev), d, ql, dl, R=100,
                                    ties="average")
     assert mixed == pytest.approx(cpu["mAP_tie@100"], abs=1e-9)
+
+
+@needs_numba
+def test_numba_kernels_leave_torch_threads_alone():
+    """A parallel numba kernel must not change torch's OpenMP thread count: with numba's "omp"
+    layer, torch ran with 2 threads after one evaluation despite OMP_NUM_THREADS=1, and
+    training steps became 5-14x slower on a busy CPU. Fresh process: the layer is chosen at the
+    first parallel launch."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, numba\n"
+        "from utils.retrieval import retrieval_report\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "q, d = torch.randn(50, 32, generator=g), torch.randn(3000, 32, generator=g)\n"
+        "retrieval_report(q, d, torch.arange(50) % 5, torch.arange(3000) % 5, R=100,\n"
+        "                 backend='numba')\n"
+        "print(torch.get_num_threads(), numba.threading_layer())\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=300, cwd=str(REPO))
+    assert result.returncode == 0, result.stderr
+    threads, layer = result.stdout.split()
+    assert threads == "1"
+    assert layer == "workqueue"
