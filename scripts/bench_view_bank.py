@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         base = ["model=cibhash", "model.nbit=64", "dataset=cifar10",
                 "backbone=efficientnet_lite0", "seed=1"]
     overrides = [*base, f"data_dir={args.data_dir}", "progress=false", *args.overrides]
+    import logging
     import tempfile
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # extraction times, cache use
 
     from utils.build import user_error_in
 
