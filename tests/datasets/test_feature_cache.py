@@ -176,7 +176,7 @@ def test_same_loss_on_first_batches(tmp_path):
         trainer = build_trainer(cfg, tmp_path / mode)
         torch.manual_seed(0)
         batches = iter(trainer.train_loader(0))
-        losses[mode] = [float(trainer.training_step(next(batches))["loss"]) for _ in range(3)]
+        losses[mode] = [float(trainer.training_step(next(batches))["loss"].detach()) for _ in range(3)]
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-5)
 
 
