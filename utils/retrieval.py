@@ -713,7 +713,8 @@ def _run_numba(p: _NumbaPrepared, L_cols: Iterable[int], S_cols: Iterable[int]) 
     L_out = np.zeros((p.n_q, len(L_cols)), dtype=np.int64)
     S_out = np.zeros((p.n_q, len(S_cols)), dtype=np.float64)
     # As many threads as torch uses (torch.set_num_threads is the engine's one knob).
-    threads = max(1, min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS))
+    torch_threads = torch.get_num_threads()  # read first: numba's first call may change it
+    threads = max(1, min(torch_threads, _numba.config.NUMBA_NUM_THREADS))
     n_blocks = max(1, min(p.n_q, 4 * threads))
     old = _numba.get_num_threads()
     _numba.set_num_threads(threads)
@@ -728,6 +729,10 @@ def _run_numba(p: _NumbaPrepared, L_cols: Iterable[int], S_cols: Iterable[int]) 
                         n_blocks, n_hist, r_hist, L_out, S_out)
     finally:
         _numba.set_num_threads(old)
+        # With numba's OpenMP layer that call also sets torch's OpenMP thread count (the symbols
+        # resolve to one runtime): left alone, torch ran on 2 threads after one evaluation despite
+        # OMP_NUM_THREADS=1 and small training steps became 5-14x slower on a busy CPU.
+        torch.set_num_threads(torch_threads)
     return _PerQuery(
         n_hist=torch.from_numpy(n_hist),
         r_hist=torch.from_numpy(r_hist),

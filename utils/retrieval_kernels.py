@@ -20,8 +20,6 @@ labels into int64 class ids (single-label) or uint64 label bitmasks (multi-label
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 try:  # pragma: no cover - exercised whichever way the environment is
@@ -30,13 +28,6 @@ try:  # pragma: no cover - exercised whichever way the environment is
     from numba.extending import intrinsic
 
     HAVE_NUMBA = True
-    # numba's default "omp" layer loads a second libgomp whose calls reach torch's OpenMP
-    # runtime: after one parallel kernel, torch ran with numba's thread count (2 instead of
-    # OMP_NUM_THREADS=1) and its small training steps became 5-14x slower on a busy CPU
-    # (tests/utils/test_retrieval.py::test_numba_kernels_leave_torch_threads_alone). numba's own
-    # "workqueue" pool shares nothing with torch; NUMBA_THREADING_LAYER still overrides it.
-    if not os.environ.get("NUMBA_THREADING_LAYER"):
-        numba.config.THREADING_LAYER = "workqueue"
 except Exception:  # noqa: BLE001 - any import problem means "no fast path"
     numba = None
     HAVE_NUMBA = False

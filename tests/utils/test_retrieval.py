@@ -811,11 +811,12 @@ def test_cuda_matches_cpu(multilabel):
 
 
 @needs_numba
-def test_numba_kernels_leave_torch_threads_alone():
+@pytest.mark.parametrize("layer", ["default", "workqueue"])
+def test_numba_kernels_leave_torch_threads_alone(layer):
     """A parallel numba kernel must not change torch's OpenMP thread count: with numba's "omp"
-    layer, torch ran with 2 threads after one evaluation despite OMP_NUM_THREADS=1, and
-    training steps became 5-14x slower on a busy CPU. Fresh process: the layer is chosen at the
-    first parallel launch."""
+    layer (the default where available), torch ran with 2 threads after one evaluation despite
+    OMP_NUM_THREADS=1, and training steps became 5-14x slower on a busy CPU. Fresh process for
+    each threading layer (chosen at the first parallel launch)."""
     import os
     import subprocess
     import sys
@@ -830,9 +831,12 @@ def test_numba_kernels_leave_torch_threads_alone():
         "print(torch.get_num_threads(), numba.threading_layer())\n")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     env["OMP_NUM_THREADS"] = "1"
+    if layer != "default":
+        env["NUMBA_THREADING_LAYER"] = layer
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, timeout=300, cwd=str(REPO))
     assert result.returncode == 0, result.stderr
-    threads, layer = result.stdout.split()
-    assert threads == "1"
-    assert layer == "workqueue"
+    threads, used = result.stdout.split()
+    assert threads == "1", used
+    if layer != "default":
+        assert used == layer
