@@ -105,6 +105,24 @@ def report(r: dict, setting: str) -> str:
     ])
 
 
+def run_in_scratch(logdir: str | None, run):
+    """``run(folder)`` in ``logdir`` or a temporary folder; a UserError ends the script with its
+    one sentence on stderr and exit status 2, as main_v2.py does."""
+    import tempfile
+
+    from utils.build import user_error_in
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return run(Path(logdir or tmp))
+        except Exception as error:
+            user_error = user_error_in(error)
+            if user_error is None:
+                raise
+            print(f"error: {user_error}", file=sys.stderr)
+            sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -121,20 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         base = ["model=sdc", "model.nbit=64", "dataset=cifar10", "backbone=efficientnet_lite0"]
     overrides = [*base, f"data_dir={args.data_dir}", "progress=false", *args.overrides]
-    import tempfile
-
-    from utils.build import user_error_in
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            results = bench(overrides, Path(args.logdir or tmp), args.live_batches,
-                            args.cached_epochs)
-        except Exception as error:
-            user_error = user_error_in(error)
-            if user_error is None:
-                raise
-            print(f"error: {user_error}", file=sys.stderr)
-            sys.exit(2)
+    results = run_in_scratch(args.logdir, lambda folder: bench(
+        overrides, folder, args.live_batches, args.cached_epochs))
     print(report(results, " ".join(overrides)) + f"\ntorch threads: {torch.get_num_threads()}")
     return results
 

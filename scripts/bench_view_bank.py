@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts.bench_training import compose  # noqa: E402
+from scripts.bench_training import compose, run_in_scratch  # noqa: E402
 
 
 def train_head(trainer, cfg) -> float:
@@ -113,21 +113,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "backbone=efficientnet_lite0", "seed=1"]
     overrides = [*base, f"data_dir={args.data_dir}", "progress=false", *args.overrides]
     import logging
-    import tempfile
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # extraction times, cache use
-
-    from utils.build import user_error_in
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            rows = bench(overrides, Path(args.logdir or tmp), sorted(args.views), not args.no_live)
-        except Exception as error:
-            user_error = user_error_in(error)
-            if user_error is None:
-                raise
-            print(f"error: {user_error}", file=sys.stderr)
-            sys.exit(2)
+    rows = run_in_scratch(args.logdir, lambda folder: bench(
+        overrides, folder, sorted(args.views), not args.no_live))
     print(report(rows, " ".join(overrides)) + f"\ntorch threads: {torch.get_num_threads()}")
     return rows
 
