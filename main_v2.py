@@ -6,6 +6,7 @@ Sweeps: ``python main_v2.py -m model.nbit=16,32,64 seed=1,2`` then
 """
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import utils.config  # noqa: F401  (registers the safe resolvers before Hydra composes)
@@ -15,7 +16,7 @@ from utils.experiment import exit_on_user_error, train
 @hydra.main(config_path="configs", config_name="train", version_base=None)
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
-    metrics = train(cfg)
+    metrics = train(cfg, overrides=list(HydraConfig.get().overrides.task))
     return metrics["last"][metrics["main_metric"]]
 
 

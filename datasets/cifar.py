@@ -15,14 +15,17 @@ Split indices are cached in ``root/splits/{protocol}_{split_seed}.npz``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from datasets.base import ArrayImageSplit, FileImageSplit, HashingData
-from utils.errors import ConfigError, DataError
+from utils.checkpoint import write_npz
+from utils.errors import ConfigError, DataError, UserError
+
+log = logging.getLogger(__name__)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -216,19 +219,11 @@ def _load_cached_split(path: Path, digest: str) -> dict[str, np.ndarray] | None:
 
 
 def _save_split(path: Path, split: dict[str, np.ndarray], digest: str) -> None:
-    """Write atomically (temporary file, then rename); a read-only root just skips the cache."""
+    """Write atomically; a read-only or full root just skips the cache (the split is recomputed)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, pool_digest=np.asarray(digest), **split)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError:
-        pass
+        write_npz(path, pool_digest=np.asarray(digest), **split)
+    except UserError as error:
+        log.info("split cache not written: %s", error)
 
 
 def cifar10_splits(root, protocol="standard", split_seed: int = 42, download: bool = True) -> HashingData:

@@ -57,6 +57,8 @@ from datasets.base import (ArrayImageSplit, FeatureSplit, FileImageSplit, Hashin
                            is_feature_split)
 from datasets.transforms import EvalTransform, NoAugmentation
 from utils.build import resolve_workers
+from utils.config import progress_bars
+from utils.checkpoint import remove_stale_temporaries, write_npy, write_npz, write_text
 from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -127,22 +129,6 @@ def cache_key(parts: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- storage
-def _atomic_save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
 def load_entry(path: Path, parts: dict) -> np.ndarray | None:
     """The stored features when ``path`` is a complete entry with exactly these key parts."""
     if not path.is_file():
@@ -153,12 +139,28 @@ def load_entry(path: Path, parts: dict) -> np.ndarray | None:
                 log.warning("feature cache %s: key parts differ, recomputing", path)
                 return None
             features = stored["features"]
-    except Exception as error:  # truncated / unreadable: recompute
-        log.warning("feature cache %s unreadable (%s), recomputing", path, error)
+    except Exception as error:  # truncated / unreadable: a cache is derived data, recompute it
+        log.warning("feature cache file %s is damaged (%s: %s): recomputing it", path,
+                    error.__class__.__name__, error)
         return None
     if features.shape[0] != parts["items"]:
         return None
     return features
+
+
+def _read_shard(path: Path, rows: int) -> np.ndarray | None:
+    """A finished shard of ``rows`` features, or None when it is missing or damaged (then it is
+    deleted and extracted again; shards are written atomically, so damage comes from outside)."""
+    if not path.is_file():
+        return None
+    try:
+        shard = np.load(path, allow_pickle=False)
+        if shard.ndim == 2 and shard.shape[0] == rows:
+            return shard
+    except (OSError, ValueError) as error:
+        log.warning("feature cache shard %s is damaged (%s): extracting it again", path, error)
+    path.unlink(missing_ok=True)
+    return None
 
 
 class _Items(Dataset):
@@ -177,7 +179,9 @@ class _Items(Dataset):
         if self.seed is not None:
             from utils.seed import derive_seed
 
-            torch.manual_seed(derive_seed(self.seed[0], self.seed[1], i))
+            # the CPU generator only (what CPU transforms draw from): the CUDA generators are
+            # neither used here nor saved by extract()'s fork_rng(devices=[])
+            torch.random.default_generator.manual_seed(derive_seed(self.seed[0], self.seed[1], i))
         return self.transform(self.split.load(i))
 
 
@@ -196,20 +200,21 @@ def extract(split: ImageSplit, backbone: nn.Module, transform: Callable, path: P
     n = len(split)
     dtype = DTYPES[parts["dtype"]]
     partial.mkdir(parents=True, exist_ok=True)
-    (partial / "parts.json").write_text(json.dumps(parts, sort_keys=True, default=str))
+    remove_stale_temporaries(partial)
+    write_text(partial / "parts.json", json.dumps(parts, sort_keys=True, default=str))
     shards = [(s, min(s + SHARD, n)) for s in range(0, n, SHARD)]
-    done = [s for s in shards if (partial / f"{s[0]:09d}.npy").is_file()]
+    pieces = {start: _read_shard(partial / f"{start:09d}.npy", stop - start)
+              for start, stop in shards}
     was_training = backbone.training
     backbone.eval()
     channels_last = device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in backbone.modules())
     started, computed = time.time(), 0
-    bar = tqdm(total=n, initial=sum(b - a for a, b in done), desc=desc, unit="img",
-               disable=not progress, smoothing=0.1)
+    bar = tqdm(total=n, initial=sum(len(p) for p in pieces.values() if p is not None), desc=desc,
+               unit="img", disable=not progress, smoothing=0.1)
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             for start, stop in shards:
-                shard_path = partial / f"{start:09d}.npy"
-                if shard_path.is_file():
+                if pieces[start] is not None:
                     continue
                 loader = DataLoader(_Items(split, transform, start, stop, view_seed),
                                     batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -221,17 +226,16 @@ def extract(split: ImageSplit, backbone: nn.Module, transform: Callable, path: P
                     chunk.append(backbone(images).float().cpu().numpy().astype(dtype))
                     computed += len(images)
                     bar.update(len(images))
-                _atomic_save_npy(shard_path, np.concatenate(chunk))
+                pieces[start] = np.concatenate(chunk)
+                write_npy(partial / f"{start:09d}.npy", pieces[start])
     finally:
         bar.close()
         backbone.train(was_training)
-    pieces = [np.load(partial / f"{a:09d}.npy") for a, _ in shards]
-    features = np.concatenate(pieces) if pieces else np.zeros((0, 0), dtype)
+    features = np.concatenate([pieces[a] for a, _ in shards]) if shards else np.zeros((0, 0), dtype)
     if features.shape[0] != n:
         raise DataError(f"feature cache {partial} holds {features.shape[0]} rows for {n} items: "
                         "delete that folder and run again")
-    _atomic_save_npz(path, features=features, parts=np.array(json.dumps(parts, sort_keys=True,
-                                                                        default=str)))
+    write_npz(path, features=features, parts=np.array(json.dumps(parts, sort_keys=True, default=str)))
     shutil.rmtree(partial, ignore_errors=True)
     if computed:
         seconds = time.time() - started
@@ -399,7 +403,7 @@ def apply_feature_cache(cfg: DictConfig, model, data: HashingData, train_transfo
     batch = int(cfg.get("eval_batch_size") or cfg.batch_size)
     workers = resolve_workers(
         cfg.get("num_workers", 0))
-    progress = bool(cfg.get("progress", True))
+    progress = progress_bars(cfg.get("progress", "auto"))
 
     def entry(name: str, split: ImageSplit, transform, tcfg, fingerprint: str, view=None,
               pipeline=None, seed=None) -> np.ndarray:

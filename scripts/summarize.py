@@ -23,6 +23,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from utils.checkpoint import write_text  # noqa: E402
+
 
 def find_runs(roots: list[Path]) -> list[Path]:
     runs = []
@@ -38,13 +41,30 @@ def load_run(run: Path, checkpoint: str) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     cfg = OmegaConf.load(run / "config.yaml")
     key = metrics["main_metric"]
-    part = metrics.get(checkpoint) or metrics["last"]
+    part = metrics.get(checkpoint)
+    fallback = part is None  # no evaluation chose a best checkpoint (e.g. select_on=last)
+    part = part or metrics["last"]
     r = key.split("@")[1]
     return {"method": cfg.model.name, "dataset": cfg.dataset.name, "nbit": int(cfg.model.nbit),
             "seed": int(cfg.seed), "backbone": str(cfg.backbone._target_).rsplit(".", 1)[-1],
             "R": r, "map": part[key], "map_tie": part.get(f"mAP_tie@{r}"),
             "input": cfg.dataset.get("crop"), "fit_seconds": metrics.get("train_seconds"),
-            "seconds": metrics.get("wall_seconds", metrics.get("train_seconds"))}
+            "seconds": metrics.get("wall_seconds", metrics.get("train_seconds")),
+            "fallback": fallback}
+
+
+FALLBACK_MARK = " †"
+FALLBACK_NOTE = ("† at least one run of this cell has no best checkpoint: its last model is "
+                 "shown instead")
+
+
+def marked(text: str, group: list[dict]) -> str:
+    """``text`` with the fallback mark when a run of ``group`` shows last instead of best."""
+    return text + FALLBACK_MARK if any(g["fallback"] for g in group) else text
+
+
+def with_note(text: str, rows: list[dict]) -> str:
+    return text + "\n\n" + FALLBACK_NOTE if any(r["fallback"] for r in rows) else text
 
 
 def mean_std(values: list[float], digits: int = 4, scale: float = 1.0) -> str:
@@ -65,7 +85,7 @@ def table(rows: list[dict]) -> str:
     for (dataset, method, nbit, r), group in sorted(groups.items()):
         seeds = ",".join(str(g["seed"]) for g in sorted(group, key=lambda g: g["seed"]))
         lines.append(f"| {dataset} | {method} | {nbit} | {seeds} | "
-                     f"{mean_std([g['map'] for g in group])} (R={r}) | "
+                     f"{marked(mean_std([g['map'] for g in group]), group)} (R={r}) | "
                      f"{mean_std([g['map_tie'] for g in group])} | "
                      f"{mean_std([g['seconds'] for g in group], 1)} |")
     return "\n".join(lines)
@@ -98,7 +118,7 @@ def pivot(rows: list[dict]) -> str:
             line = [method]
             for b in bits:
                 cell = cells[(method, b)]
-                line += [mean_std([g["map"] for g in cell], 1, 100),
+                line += [marked(mean_std([g["map"] for g in cell], 1, 100), cell),
                          mean_std([g["map_tie"] for g in cell], 1, 100)]
             line += [",".join(map(str, seeds)), mean_std([g["fit_seconds"] for g in runs], 0)]
             out.append("| " + " | ".join(line) + " |")
@@ -120,10 +140,10 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"error: no finished run (metrics.json + config.yaml) under "
                          f"{', '.join(map(str, args.roots))}")
     rows = [load_run(run, args.checkpoint) for run in runs]
-    text = pivot(rows) if args.pivot else table(rows)
+    text = with_note(pivot(rows) if args.pivot else table(rows), rows)
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        write_text(args.out, text + "\n")
     return text
 
 

@@ -43,14 +43,36 @@ def instantiate(node, **kwargs):
         raise
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; anything else is passed to torch.device."""
+def _backend_available(kind: str) -> bool:
+    """Whether torch can use devices of type ``kind`` ("cuda", "mps", "xpu", ...) here."""
+    if kind == "cpu":
+        return True
+    if kind == "mps":
+        return bool(torch.backends.mps.is_available())
+    module = getattr(torch, kind, None)
+    return bool(getattr(module, "is_available", lambda: False)())
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """"auto" -> CUDA when available, else Apple's MPS when available, else CPU; any other name
+    is checked: an unknown or unavailable device is one ConfigError sentence."""
     if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available here: use device=auto or "
-                          "device=cpu")
+        for kind in ("cuda", "mps"):
+            if _backend_available(kind):
+                return torch.device(kind)
+        return torch.device("cpu")
+    try:
+        device = torch.device(str(name))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={name} is not a device name: use device=auto, cpu, cuda, "
+                          "cuda:<index> or mps") from None
+    if not _backend_available(device.type):
+        raise ConfigError(f"device={name} but {device.type.upper()} is not available here: use "
+                          "device=auto or device=cpu")
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s): pick another index or use device=auto")
     return device
 
 

@@ -1,9 +1,12 @@
-"""Atomic checkpoint and JSON writing, safe loading.
+"""Atomic file writing (every file the framework writes goes through :func:`atomic_write`) and
+safe loading of checkpoints, JSON files and run artefacts.
 
-A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then
-renamed over the target, so a killed process leaves either the old file or the new one, never a
-half-written one. Loading uses ``torch.load(..., weights_only=True)`` (no pickled code runs) and
-turns a truncated or foreign file into one CheckpointError sentence.
+A file is written to a temporary file in the same folder, flushed and fsynced, then renamed over
+the target, so a killed process leaves either the old file or the new one, never a half-written
+one. A failed write (no space left on the device, a read-only folder) removes the temporary file,
+keeps the previous file intact and ends in one :class:`~utils.errors.UserError` sentence. Loading
+uses ``torch.load(..., weights_only=True)`` (no pickled code runs) and turns a truncated or foreign
+file into one CheckpointError sentence naming the file and what to do.
 """
 
 from __future__ import annotations
@@ -11,30 +14,54 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
-from utils.errors import CheckpointError
+from utils.errors import CheckpointError, UserError
+
+TMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<pid>"; see remove_stale_temporaries
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Write ``path`` atomically: ``write(handle)`` fills a temporary file, which is fsynced and
+    renamed over ``path``. On an OSError (e.g. ENOSPC) the temporary file is removed, the old
+    ``path`` stays as it was, and a UserError says which file could not be written and why."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"Cannot create the folder {path.parent} ({error.strerror or error}): "
+                        "check the path and its permissions") from None
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        reason = error.strerror or str(error) or error.__class__.__name__
+        previous = "the previous version is intact" if path.exists() else "nothing was written"
+        raise UserError(f"Could not write {path} ({reason}); {previous}: free some space or "
+                        "fix the folder's permissions, then run again (resume=<run dir> "
+                        "continues a training run)") from None
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Delete the temporary files that a killed writer left in ``folder`` (never read)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for stale in folder.glob(f".*{TMP_MARK}*"):
+            stale.unlink(missing_ok=True)
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``state`` (tensors, numbers, strings, lists, dicts) atomically with torch.save."""
-    _atomic_write(Path(path), lambda handle: torch.save(state, handle))
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -47,29 +74,51 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated zip, pickle error, unsupported global...
         raise CheckpointError(f"Checkpoint {path} is truncated or not a checkpoint of this "
-                              f"project ({error.__class__.__name__}); delete it and retrain "
-                              "or resume from an intact run") from None
+                              f"project ({error.__class__.__name__}); restore it from a copy, "
+                              "or delete the run directory and train again") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"Checkpoint {path} has no model state; it was not written by "
                               "this project")
     return state
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text atomically."""
+    write_bytes(path, text.encode())
+
+
 def write_json(data: Any, path: str | os.PathLike) -> None:
     """Write JSON atomically (indent 1, like the reference's history files)."""
-    text = json.dumps(data, indent=1).encode()
-    _atomic_write(Path(path), lambda handle: handle.write(text))
+    write_bytes(path, json.dumps(data, indent=1).encode())
 
 
 def write_npz(path: str | os.PathLike, **arrays) -> None:
     """Write arrays to an uncompressed .npz atomically (no half-written file after a kill)."""
     import numpy as np
 
-    _atomic_write(Path(path), lambda handle: np.savez(handle, **arrays))
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
+
+
+def write_npy(path: str | os.PathLike, array) -> None:
+    """Write one array to a .npy file atomically."""
+    import numpy as np
+
+    atomic_write(path, lambda handle: np.save(handle, array))
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """The JSON in ``path`` (``default`` when there is no such file); a damaged file is one
+    CheckpointError sentence naming it."""
     path = Path(path)
     if not path.is_file():
         return default
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is damaged ({error.__class__.__name__}: {error}); restore "
+                              "it from a copy, or delete the run directory and train "
+                              "again") from None

@@ -86,11 +86,10 @@ def to_plain(cfg: DictConfig) -> DictConfig:
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
-    """Write a resolved config as YAML atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
+    """Write a resolved config as YAML atomically (utils.checkpoint.atomic_write)."""
+    from utils.checkpoint import write_text
+
+    write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def load_run_config(logdir: str | os.PathLike) -> DictConfig:
@@ -110,3 +109,18 @@ def load_run_config(logdir: str | os.PathLike) -> DictConfig:
     if not isinstance(cfg, DictConfig) or "model" not in cfg:
         raise CheckpointError(f"{path} is not a training config of this project")
     return cfg
+
+
+def progress_bars(setting: Any) -> bool:
+    """Whether to draw tqdm bars for ``progress`` = auto | true | false.
+
+    auto (default): only when stderr is a terminal; in a log file or a cluster job a bar would
+    write thousands of carriage-return updates, so the engine logs one line per epoch instead.
+    """
+    import sys
+
+    if isinstance(setting, str) and setting.lower() == "auto":
+        return sys.stderr.isatty()
+    if isinstance(setting, str):
+        return setting.lower() in ("true", "on", "1", "yes")
+    return bool(setting)

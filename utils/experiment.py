@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from utils import build
 from utils.checkpoint import load_checkpoint, write_json, write_npz
 from utils.config import load_run_config, save_config, to_plain
-from utils.errors import CheckpointError, UserError
+from utils.errors import CheckpointError, ConfigError, UserError
 from utils.retrieval import retrieval_report
 from utils.seed import seed_everything
 
@@ -60,15 +60,62 @@ def build_trainer(cfg: DictConfig, logdir: str | Path):
     return trainer_cls(cfg, model, criterion, data, train_transform, eval_transform, logdir, device)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """main_v2.py: train one run into cfg.logdir (or continue cfg.resume in place)."""
+# What a resumed run may change: how long it trains, how often it evaluates, where it runs and
+# what it prints. Everything else would make the continued run a different experiment.
+RESUME_OVERRIDABLE = ("epochs", "eval_interval", "device", "progress", "num_workers")
+
+
+def override_keys(overrides: list[str] | None) -> list[str]:
+    """Config keys set by command-line overrides (``key=value``, ``+key=``, ``~key``), without
+    Hydra's own ``hydra.*`` settings."""
+    keys = []
+    for item in overrides or []:
+        key = str(item).split("=", 1)[0].lstrip("+~")
+        if key and not key.startswith("hydra.") and key != "hydra":
+            keys.append(key)
+    return keys
+
+
+def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictConfig, dict]:
+    """The saved config of the run ``cfg.resume`` with the overrides a resumed run may change
+    applied; returns (config, {key: [saved value, new value]}). Any other override is refused
+    with one sentence listing it: a resumed run continues the saved experiment."""
+    run_dir = Path(cfg.resume)
+    saved = load_run_config(run_dir)
+    keys = [k for k in override_keys(overrides) if k not in ("resume", "logdir")]
+    refused = [k for k in keys if k not in RESUME_OVERRIDABLE]
+    if refused:
+        raise ConfigError(f"resume={run_dir} continues the saved run, so these overrides would "
+                          f"be ignored: {', '.join(refused)}; only {', '.join(RESUME_OVERRIDABLE)} "
+                          "can change on resume (start a new run to change anything else)")
+    changed = {}
+    with open_dict(saved):
+        for key in keys:
+            new = OmegaConf.select(cfg, key)
+            old = OmegaConf.select(saved, key)
+            if new != old:
+                changed[key] = [old, new]
+                OmegaConf.update(saved, key, new, merge=False)
+        saved.logdir = str(run_dir.resolve())
+        saved.resume = str(run_dir.resolve())
+    last = run_dir / "checkpoints" / "last.pt"
+    if "epochs" in changed and last.is_file():  # refuse before config.yaml records the change
+        trained = int(load_checkpoint(last).get("epoch", 0))
+        if int(saved.epochs) < trained:
+            raise ConfigError(f"epochs={saved.epochs} is below the {trained} epochs that {last} "
+                              f"has already trained: pass epochs >= {trained}")
+    return saved, changed
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """main_v2.py: train one run into cfg.logdir (or continue cfg.resume in place).
+
+    ``overrides``: the command-line overrides (main_v2.py passes Hydra's); with ``resume`` only
+    those in RESUME_OVERRIDABLE are allowed, applied, logged and recorded in config.yaml.
+    """
+    changed: dict = {}
     if cfg.get("resume"):
-        run_dir = Path(cfg.resume)
-        saved = load_run_config(run_dir)
-        with open_dict(saved):
-            saved.logdir = str(run_dir.resolve())
-            saved.resume = str(run_dir.resolve())
-        cfg = saved
+        cfg, changed = resume_config(cfg, overrides)
     else:
         cfg = to_plain(cfg)
     logdir = Path(cfg.logdir)
@@ -81,6 +128,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
              sizes["database"], trainer.device)
     if not cfg.get("resume"):
         save_config(cfg, logdir / "config.yaml")
+    elif changed:
+        log.info("resume with changed settings: %s (the scheduler keeps its saved settings)",
+                 ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
+        record = {k: v for k, v in cfg.items() if k != "resume"}
+        save_config(OmegaConf.create(record), logdir / "config.yaml")
     if getattr(trainer, "closed_form", False):  # LSH / PCAH / ITQ: fitted, not optimised
         optimizer = scheduler = None
     else:
@@ -115,7 +167,7 @@ def validate(vcfg: DictConfig) -> dict[str, Any]:
     cfg = load_run_config(logdir)
     with open_dict(cfg):
         cfg.logdir = str(logdir.resolve())
-        cfg.progress = bool(vcfg.progress)
+        cfg.progress = vcfg.progress
         if vcfg.R is not None:
             cfg.dataset.R = int(vcfg.R)
         if vcfg.data_dir is not None:
@@ -125,7 +177,13 @@ def validate(vcfg: DictConfig) -> dict[str, Any]:
             cfg.dataset.source = OmegaConf.create(
                 _replace_prefix(OmegaConf.to_container(cfg.dataset.source), old, cfg.data_dir))
         if vcfg.protocol is not None:
+            if "protocol" not in cfg.dataset.source:
+                raise ConfigError(f"protocol={vcfg.protocol}: dataset {cfg.dataset.name} has no "
+                                  "named split protocols (only cifar10 has them); drop "
+                                  "protocol=")
             cfg.dataset.source.protocol = vcfg.protocol
+        if vcfg.get("zero_relevant") is not None:
+            cfg.zero_relevant = str(vcfg.zero_relevant)
         if vcfg.batch_size is not None:
             cfg.eval_batch_size = int(vcfg.batch_size)
         if vcfg.ks is not None:
@@ -150,7 +208,8 @@ def validate(vcfg: DictConfig) -> dict[str, Any]:
     report = retrieval_report(query, database, trainer.data.query.labels,
                               trainer.data.database.labels, R=trainer.R,
                               ks=tuple(cfg.ks), radius=int(cfg.radius),
-                              pr_curve=bool(vcfg.pr_curve))
+                              pr_curve=bool(vcfg.pr_curve),
+                              zero_relevant=trainer.zero_relevant)
     result = {"checkpoint": name, "epoch": int(state.get("epoch", -1)), **report}
     write_json(result, logdir / f"eval_{name}.json")
     if vcfg.save_codes:
@@ -167,10 +226,15 @@ def validate(vcfg: DictConfig) -> dict[str, Any]:
 
 
 def _replace_prefix(node: Any, old: str, new: str) -> Any:
+    """Every string path in ``node`` that lies in folder ``old`` moved to folder ``new`` (a
+    prefix only at a path boundary: moving /data leaves /data2/x alone)."""
     if isinstance(node, dict):
         return {k: _replace_prefix(v, old, new) for k, v in node.items()}
     if isinstance(node, list):
         return [_replace_prefix(v, old, new) for v in node]
-    if isinstance(node, str) and node.startswith(old):
-        return new + node[len(old):]
+    old = old.rstrip("/") or "/"
+    if isinstance(node, str) and node == old:
+        return new
+    if isinstance(node, str) and node.startswith(old.rstrip("/") + "/"):
+        return new.rstrip("/") + "/" + node[len(old.rstrip("/")) + 1:]
     return node

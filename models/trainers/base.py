@@ -22,8 +22,11 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from datasets.base import TransformedSplit, is_feature_split
 from utils.build import resolve_workers, split_validation
-from utils.checkpoint import load_checkpoint, read_json, save_checkpoint, write_json
+from utils.checkpoint import (load_checkpoint, read_json, remove_stale_temporaries,
+                              save_checkpoint, write_json)
+from utils.config import progress_bars
 from utils.errors import CheckpointError, ConfigError, TrainingError
 from utils.retrieval import retrieval_report
 from utils.seed import derive_seed, seed_everything
@@ -60,6 +63,8 @@ class Trainer:
         self.num_workers = resolve_workers(cfg.get("num_workers", 0))
         self.R = int(cfg.dataset.R)
         self.select_on = str(cfg.get("select_on", "val"))
+        self.zero_relevant = str(cfg.get("zero_relevant", "count"))
+        self.show_bars = progress_bars(cfg.get("progress", "auto"))
         self.validation = split_validation(data.train, cfg.get("val_size", 0.1),
                                            derive_seed(int(cfg.dataset.source.get("split_seed", 0) or 0), 7))
         self.optimizer = None
@@ -93,6 +98,14 @@ class Trainer:
                               "transforms (drop the transforms= override)")
         if self.select_on not in ("val", "query", "last"):
             raise ConfigError(f"select_on must be val, query or last, got {self.select_on!r}")
+        if self.zero_relevant not in ("count", "skip"):
+            raise ConfigError(f"zero_relevant must be count or skip, got {self.zero_relevant!r}")
+        if self.views > 1 and is_feature_split(self.data.train):
+            raise ConfigError(f"model={self.cfg.model.name} learns from {self.views} augmented "
+                              f"views of each image, but dataset={self.cfg.dataset.name} holds "
+                              "one precomputed vector per item, so the views would be identical "
+                              "(trivial positives): train it on images (e.g. dataset=cifar10; a "
+                              "frozen backbone caches augmented views), or pick a one-view method")
         if self.select_on == "val" and self.validation is None:
             raise ConfigError("select_on=val needs a validation split: set val_size > 0, or "
                               "select_on=last")
@@ -104,8 +117,6 @@ class Trainer:
         return images.to(self.device, non_blocking=True)
 
     def _dataset(self, split, transform):
-        from datasets.base import TransformedSplit
-
         return TransformedSplit(split, transform)
 
     def train_loader(self, epoch: int) -> DataLoader:
@@ -127,14 +138,15 @@ class Trainer:
         self.model.eval()
         codes = []
         for images, _, _ in tqdm(self.eval_loader(split), desc=desc, leave=False,
-                                 disable=not self.cfg.get("progress", True)):
+                                 disable=not self.show_bars):
             codes.append(self.model.encode(self.to_device(images)).float().cpu())
         return torch.cat(codes)
 
     def report(self, query_codes, db_codes, query_labels, db_labels, R=None) -> dict:
         return retrieval_report(query_codes, db_codes, query_labels, db_labels,
                                 R=self.R if R is None else R, ks=tuple(self.cfg.ks),
-                                radius=int(self.cfg.radius), pr_curve=False)
+                                radius=int(self.cfg.radius), pr_curve=False,
+                                zero_relevant=self.zero_relevant)
 
     def evaluate(self) -> dict[str, float]:
         """Query-vs-database metrics of the current model."""
@@ -148,7 +160,8 @@ class Trainer:
         query = self.encode(val_queries, "encode validation")
         database = self.encode(val_database, "encode validation db")
         report = retrieval_report(query, database, val_queries.labels, val_database.labels,
-                                  R=self.R, ks=(1,), radius=0, pr_curve=False)
+                                  R=self.R, ks=(1,), radius=0, pr_curve=False,
+                                  zero_relevant=self.zero_relevant)
         return report[_map_key(self.R)]
 
     # ------------------------------------------------------------------ checkpoints
@@ -166,8 +179,21 @@ class Trainer:
 
     def resume_from(self, logdir: str | Path) -> None:
         """Continue the run in ``logdir`` from checkpoints/last.pt; histories are cut back to
-        the checkpoint's epoch so that the continued run equals an uninterrupted one."""
-        state = load_checkpoint(Path(logdir) / "checkpoints" / "last.pt", self.device)
+        the checkpoint's epoch so that the continued run equals an uninterrupted one. A run
+        killed before its first checkpoint (e.g. during feature extraction) starts at epoch 0."""
+        path = Path(logdir) / "checkpoints" / "last.pt"
+        if not path.exists():
+            if (self.logdir / "metrics.json").exists():
+                raise CheckpointError(f"{logdir} is a finished run but {path} is missing: "
+                                      "restore it, or start a new run (nothing was changed)")
+            log.warning("%s has no checkpoint yet (stopped during its first epoch): training "
+                        "from the start", logdir)
+            self.train_history, self.test_history = [], []
+            return
+        state = load_checkpoint(path, self.device)
+        if int(state["epoch"]) > self.epochs:
+            raise ConfigError(f"epochs={self.epochs} is below the {state['epoch']} epochs that "
+                              f"{path} has already trained: pass epochs >= {state['epoch']}")
         load_model_state(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -188,6 +214,8 @@ class Trainer:
         if resume:
             self.resume_from(resume)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.logdir, self.checkpoint_dir):  # left by a writer that was killed
+            remove_stale_temporaries(folder)
         writer = SummaryWriter(log_dir=str(self.logdir))
         key = _map_key(self.R)
         if self.select_on == "query":
@@ -200,7 +228,12 @@ class Trainer:
                 row = {"epoch": epoch + 1}
                 for i, group in enumerate(self.optimizer.param_groups):
                     row[f"lr/{group.get('name', i)}"] = group["lr"]
+                epoch_started = time.time()
                 row.update({f"train_{k}": v for k, v in self.train_one_epoch(epoch).items()})
+                if not self.show_bars:  # a log file or a cluster job: one line per epoch
+                    log.info("epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs,
+                             ", ".join(f"{k[len('train_'):]} {v:.4f}" for k, v in row.items()
+                                       if k.startswith("train_")), time.time() - epoch_started)
                 self.scheduler.step()
                 for name, value in row.items():
                     if name != "epoch":
@@ -270,7 +303,7 @@ class Trainer:
         count = 0
         loader = self.train_loader(epoch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
-                   disable=not self.cfg.get("progress", True))
+                   disable=not self.show_bars)
         for step, batch in enumerate(bar):
             terms = self.training_step(batch)
             loss = terms["loss"]
