@@ -16,7 +16,7 @@ from utils.checkpoint import load_checkpoint, write_json, write_npz
 from utils.config import load_run_config, save_config, to_plain
 from utils.errors import CheckpointError, ConfigError, UserError
 from utils.retrieval import retrieval_report
-from utils.seed import seed_everything
+from utils.seed import run_seed, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def exit_on_user_error(function):
 
 def build_trainer(cfg: DictConfig, logdir: str | Path):
     """Everything a run needs, built from its resolved config."""
-    seed_everything(int(cfg.seed))
+    seed_everything(run_seed(cfg.seed))
     device = build.resolve_device(cfg.device)
     data = build.build_data(cfg)
     model = build.build_model(cfg)

@@ -34,10 +34,16 @@ def derive_seed(*parts: int) -> int:
     return int(state[0]) >> 1
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) from any integer ``seed``."""
+def run_seed(seed: int) -> int:
+    """The seed the generators get for a run's ``seed``: itself in [0, 2**32) (every earlier run
+    keeps its numbers), else a hash of it, since torch's CPU generator and numpy keep only 32 bits
+    of a seed (seed s and s + 2**32 would give the same run)."""
     seed = int(seed)
-    # seeds in range are used as they are (unchanged results); others through derive_seed
+    return seed if 0 <= seed < _WORD else derive_seed(seed)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA); ``seed`` in [0, 2**63) (see run_seed)."""
     random.seed(seed)
-    np.random.seed(seed if 0 <= seed < _WORD else derive_seed(seed) % _WORD)
-    torch.manual_seed(seed if 0 <= seed < 2**63 else derive_seed(seed))
+    np.random.seed(seed % _WORD)
+    torch.manual_seed(seed)
