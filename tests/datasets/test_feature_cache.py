@@ -314,3 +314,89 @@ def test_rows_within_finds_train_items_in_the_database_only_when_all_are_there()
 def test_bad_feature_cache_value(tmp_path):
     with pytest.raises(ConfigError, match="auto, on or off"):
         build(tmp_path, "model=sdc", "feature_cache=maybe")
+
+
+def test_same_config_with_other_weights_is_a_miss(tmp_path, calls, monkeypatch):
+    # two weight files behind one identical backbone config (as when a checkpoint file is
+    # replaced in place): the key must see the weights, not just the config
+    first, _ = build(tmp_path, "model=sdc")
+    original_init = Tiny.__init__
+
+    def other_weights(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        with torch.no_grad():
+            self.fc.weight.mul_(-1.0)
+
+    monkeypatch.setattr(Tiny, "__init__", other_weights)
+    calls["images"] = 0
+    second, _ = build(tmp_path, "model=sdc", name="other")
+    assert calls["images"] == len(second.data.query) + len(second.data.database) + len(second.data.train)
+    assert len([p for p in cache_files(tmp_path) if p.name.startswith("query-")]) == 2
+    assert not np.allclose(first.data.query.features["eval"], second.data.query.features["eval"])
+
+
+def test_damaged_cache_file_is_named_and_recomputed(tmp_path, calls, caplog):
+    import logging
+
+    first, _ = build(tmp_path, "model=sdc")
+    path = next(p for p in cache_files(tmp_path) if p.name.startswith("query-"))
+    path.write_bytes(path.read_bytes()[:200])
+    calls["images"] = 0
+    with caplog.at_level(logging.WARNING):
+        again, _ = build(tmp_path, "model=sdc", name="again")
+    assert f"feature cache file {path} is damaged" in caplog.text
+    assert calls["images"] == len(again.data.query)  # only the damaged entry
+    np.testing.assert_array_equal(again.data.query.features["eval"], first.data.query.features["eval"])
+
+
+def test_damaged_shard_of_a_killed_extraction_is_extracted_again(tmp_path, calls, monkeypatch):
+    monkeypatch.setattr(fc, "SHARD", 256)
+    clean, _ = build(tmp_path / "clean", "model=sdc")
+    n_q = len(clean.data.query)
+    calls["images"] = 0
+    calls["fail_after"] = n_q + 600  # the database killed inside its third shard
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        build(tmp_path, "model=sdc", "eval_batch_size=100")
+    partial = next((tmp_path / "data" / "feature_cache" / "digits").glob("database-*.partial"))
+    shard = sorted(partial.glob("*.npy"))[1]
+    shard.write_bytes(shard.read_bytes()[:100])  # damaged from outside
+    (partial / ".000000000.npy.tmp-99999").write_bytes(b"left by a killed writer")
+    calls["images"], calls["fail_after"] = 0, None
+    resumed, _ = build(tmp_path, "model=sdc", "eval_batch_size=100", name="resumed")
+    n_db, n_train = len(resumed.data.database), len(resumed.data.train)
+    assert calls["images"] == (n_db - 256) + n_train  # shard 1 kept; shard 2 and the rest redone
+    np.testing.assert_allclose(resumed.data.database.features["eval"],
+                               clean.data.database.features["eval"], rtol=1e-6, atol=1e-7)
+
+
+def test_view_banks_seed_the_cpu_generator_only(tmp_path, monkeypatch):
+    # extract() saves and restores the CPU generator only (fork_rng(devices=[])), so seeding
+    # the CUDA generators there would change a CUDA run's random numbers behind its back
+    seeded, inside = [], {"extract": False}
+    original_extract = fc.extract
+
+    def watched_extract(*args, **kwargs):
+        inside["extract"] = True
+        try:
+            return original_extract(*args, **kwargs)
+        finally:
+            inside["extract"] = False
+
+    def record(seed):
+        if inside["extract"]:
+            seeded.append(seed)
+
+    monkeypatch.setattr(fc, "extract", watched_extract)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", record)
+    monkeypatch.setattr(torch.cuda, "manual_seed", record)
+    trainer, _ = build(tmp_path, "model=cibhash", "feature_cache_views=2")
+    assert trainer.data.train.features["train"].shape[:2] == (1, 2)  # the banks were extracted
+    assert seeded == []
+    # and the CPU generator is as it was before extraction
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    fc.extract(trainer.data.query, Identity(trainer.data.query.features["eval"].shape[1]),
+               fc.CachedView("eval"), tmp_path / "x.npz", {"items": len(trainer.data.query),
+                                                           "dtype": "float32"},
+               torch.device("cpu"), view_seed=(1, 2), progress=False)
+    assert torch.equal(torch.get_rng_state(), state)

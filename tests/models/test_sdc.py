@@ -148,3 +148,64 @@ def test_head_shapes_and_hidden_default():
     out = head(torch.randn(4, 10))
     assert out.codes.shape == (4, 16) and out.features.shape == (4, 10)
     assert SDCHead(10, 16, hidden=32).hash_fc[0].out_features == 32
+
+
+def _hand_batch():
+    """4 rows, pairs (0, 2) and (1, 3). Feature cosines: pair 0 -> 1, pair 1 -> 0, so the sorted
+    order is (pair 1, pair 0). Unit codes without zeros: cos(v0, v2) = 0.8, cos(v1, v3) = -0.936."""
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    v = torch.tensor([[0.6, 0.8], [0.6, -0.8], [0.96, 0.28], [-0.28, 0.96]], dtype=torch.float64)
+    return x, v
+
+
+def _beta_targets_by_scipy(n, a=5.0, b=5.0):
+    from scipy.stats import beta
+
+    return [2 * beta.ppf((2 * k - 1) / (2 * n), a, b) - 1 for k in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("rec_type", ["l1", "l2", "hinge"])
+def test_every_calibration_variant_by_hand(rec_type):
+    x, v = _hand_batch()
+    c1, c2 = _beta_targets_by_scipy(2)
+    gaps = [-0.936 - c1, 0.8 - c2]  # one below its target, one above
+    assert gaps[0] < 0 < gaps[1]
+    expected = {"l1": (abs(gaps[0]) + abs(gaps[1])) / 2,
+                "l2": (gaps[0] ** 2 + gaps[1] ** 2) / 2,
+                # one-sided: only similarities above their target are pulled down (methods.md)
+                "hinge": (max(gaps[0], 0) + max(gaps[1], 0)) / 2}[rec_type]
+    assert expected > 0
+    rec = SDCLoss(rec_type=rec_type)(x, v)["rec"].item()
+    assert rec == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("quan_type, expected", [
+    # cos(v, sign v) = (|v_1| + |v_2|) / sqrt 2 for unit v: 1.4 / sqrt 2 twice, 1.24 / sqrt 2 twice
+    ("cs", 1 - (1.4 + 1.4 + 1.24 + 1.24) / (4 * math.sqrt(2))),
+    # |v - sign v| elementwise: 0.4 0.2 | 0.4 0.2 | 0.04 0.72 | 0.72 0.04
+    ("l1", (0.4 + 0.2 + 0.4 + 0.2 + 0.04 + 0.72 + 0.72 + 0.04) / 8),
+    ("l2", (0.16 + 0.04 + 0.16 + 0.04 + 0.0016 + 0.5184 + 0.5184 + 0.0016) / 8),
+    ("p3", (0.064 + 0.008 + 0.064 + 0.008 + 0.000064 + 0.373248 + 0.373248 + 0.000064) / 8),
+])
+def test_every_quantisation_variant_by_hand(quan_type, expected):
+    x, v = _hand_batch()
+    assert SDCLoss(quan_type=quan_type)(x, v)["quan"].item() == pytest.approx(expected, abs=1e-9)
+
+
+def test_weighted_total_with_every_term_non_zero():
+    x, v = _hand_batch()
+    c1, c2 = _beta_targets_by_scipy(2)
+    rec = (abs(-0.936 - c1) + abs(0.8 - c2)) / 2
+    quan = 1 - (1.4 + 1.4 + 1.24 + 1.24) / (4 * math.sqrt(2))
+    # NT-Xent between views v[:2] and v[2:], tau = 0.5, by a double loop over the 4 rows
+    tau, rows = 0.5, v.tolist()
+    unit = [[a / math.hypot(a, b), b / math.hypot(a, b)] for a, b in rows]
+    sim = [[(p[0] * q[0] + p[1] * q[1]) / tau for q in unit] for p in unit]
+    cont = sum(-sim[i][(i + 2) % 4] + math.log(sum(math.exp(sim[i][k]) for k in range(4) if k != i))
+               for i in range(4)) / 4
+    terms = SDCLoss(rec=2.0, quan=3.0, cont=0.25, temperature=tau)(x, v)
+    assert min(rec, quan, cont) > 0
+    assert terms["rec"].item() == pytest.approx(rec, abs=1e-9)
+    assert terms["quan"].item() == pytest.approx(quan, abs=1e-9)
+    assert terms["cont"].item() == pytest.approx(cont, abs=1e-9)
+    assert terms["loss"].item() == pytest.approx(2 * rec + 3 * quan + 0.25 * cont, abs=1e-9)
