@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_run, run_cli, val_config
-from utils.errors import CheckpointError, ConfigError, TrainingError
+from conftest import REPO, compose_run, run_cli, val_config
+from utils.errors import CheckpointError, ConfigError, TrainingError, UserError
 
 
 def fails(args, tmp_path, script="main_v2.py"):
@@ -114,3 +114,104 @@ def test_bad_select_on(tmp_path):
 
     with pytest.raises(ConfigError, match="select_on"):
         train(compose_run(["select_on=test"], tmp_path))
+
+
+# ---------------------------------------------------------------------------- broken run files
+def small_run(tmp_path):
+    from utils.experiment import train
+
+    train(compose_run(["dataset.source.train=20", "batch_size=40", "model.nbit=8", "epochs=2",
+                       "eval_interval=1"], tmp_path))
+    return tmp_path / "run"
+
+
+def snapshot(run: Path) -> dict:
+    """The run's files except logs that only grow (main_v2.log, TensorBoard events) and the
+    per-invocation Hydra records under .hydra/resumed_*."""
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and "events.out" not in p.name and p.suffix != ".log"
+            and "resumed_" not in str(p)}
+
+
+@pytest.mark.parametrize("damaged, words", [
+    ("checkpoints/last.pt", "checkpoints/last.pt is truncated"),
+    ("config.yaml", "config.yaml is not a readable config"),
+    ("train_history.json", "train_history.json is damaged"),
+])
+def test_resume_of_a_damaged_run_names_the_file_and_changes_nothing(damaged, words, tmp_path):
+    from utils.experiment import train
+
+    run = small_run(tmp_path)
+    path = run / damaged
+    if damaged == "config.yaml":
+        path.write_text("model: [unclosed\n  - nbit: 3\n")
+    else:
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    before = snapshot(run)
+    result = run_cli("main_v2.py", [f"resume={run}", "epochs=3"], tmp_path, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and words in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(run) == before  # no retrain over the user's run, nothing rewritten
+    with pytest.raises(UserError, match=words.split()[0].replace(".", r"\.")):
+        train(compose_run([f"resume={run}"], tmp_path, "again"))
+
+
+def test_val_of_a_run_with_a_damaged_config_is_one_sentence(tmp_path):
+    run = small_run(tmp_path)
+    (run / "config.yaml").write_bytes(b"\x00\x01 not yaml: [")
+    stderr = fails([f"logdir={run}"], tmp_path, script="val.py")
+    assert stderr.startswith("error: ") and "config.yaml" in stderr and "Traceback" not in stderr
+
+
+def test_finished_run_without_last_checkpoint_is_not_retrained(tmp_path):
+    from utils.experiment import train
+
+    run = small_run(tmp_path)
+    (run / "checkpoints" / "last.pt").unlink()
+    before = snapshot(run)
+    with pytest.raises(CheckpointError, match="finished run but .*last.pt is missing"):
+        train(compose_run([f"resume={run}"], tmp_path, "again"))
+    assert snapshot(run) == before
+
+
+def test_no_space_left_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from utils.experiment import train
+
+    original = torch.save
+
+    def disk_full_at_epoch_2(obj, handle, *args, **kwargs):
+        if "last.pt" in str(handle.name) and obj.get("epoch") == 2:
+            handle.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_epoch_2)
+    with pytest.raises(UserError) as error:
+        train(compose_run(["dataset.source.train=20", "batch_size=40", "model.nbit=8",
+                           "epochs=3", "eval_interval=1"], tmp_path))
+    message = str(error.value)
+    assert "last.pt (No space left on device); the previous version is intact" in message
+    assert "resume=" in message
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert torch.load(checkpoints / "last.pt", weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "last.pt"]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_every_file_writer_goes_through_the_atomic_helper():
+    # one helper for every file the framework writes: no other module opens files for writing
+    offenders = []
+    for path in sorted(REPO.glob("**/*.py")):
+        if path.is_relative_to(REPO / "tests") or path.name == "checkpoint.py":
+            continue
+        text = path.read_text()
+        for needle in (".write_text(", ".write_bytes(", 'open(tmp', '"wb")', "os.replace(",
+                       "np.save(", "np.savez(", "torch.save("):
+            if needle in text:
+                offenders.append(f"{path.relative_to(REPO)}: {needle}")
+    assert offenders == []

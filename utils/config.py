@@ -69,8 +69,20 @@ def _first_set(*values: Any) -> Any:
     return None
 
 
+def _hydra_subdir(resume: Any) -> str:
+    """Hydra's output subfolder: ``.hydra`` for a new run; a resumed run writes its own
+    ``.hydra/resumed_<time>`` so that the original run's overrides.yaml is never replaced."""
+    if resume in (None, ""):
+        return ".hydra"
+    from datetime import datetime
+
+    return f".hydra/resumed_{datetime.now():%y%m%d_%H%M%S_%f}"
+
+
 def register_resolvers() -> None:
     """Register the project's resolvers once (idempotent)."""
+    if not OmegaConf.has_resolver("hydra_subdir"):
+        OmegaConf.register_new_resolver("hydra_subdir", _hydra_subdir)
     if not OmegaConf.has_resolver("calc"):
         OmegaConf.register_new_resolver("calc", safe_calc)
     if not OmegaConf.has_resolver("first_set"):

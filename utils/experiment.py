@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from utils import build
-from utils.checkpoint import load_checkpoint, write_json, write_npz
+from utils.checkpoint import load_checkpoint, read_json, write_json, write_npz
 from utils.config import load_run_config, save_config, to_plain
 from utils.errors import CheckpointError, ConfigError, UserError
 from utils.retrieval import retrieval_report
@@ -98,8 +98,11 @@ def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictCon
                 OmegaConf.update(saved, key, new, merge=False)
         saved.logdir = str(run_dir.resolve())
         saved.resume = str(run_dir.resolve())
+    # every file the resume reads is checked before config.yaml records a change
+    for name in ("train_history.json", "test_history.json"):
+        read_json(run_dir / name)
     last = run_dir / "checkpoints" / "last.pt"
-    if "epochs" in changed and last.is_file():  # refuse before config.yaml records the change
+    if last.is_file():
         trained = int(load_checkpoint(last).get("epoch", 0))
         if int(saved.epochs) < trained:
             raise ConfigError(f"epochs={saved.epochs} is below the {trained} epochs that {last} "
@@ -121,14 +124,14 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     logdir = Path(cfg.logdir)
     logdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    if not cfg.get("resume"):  # before the feature extraction, so a run killed there resumes
+        save_config(cfg, logdir / "config.yaml")
     trainer = build_trainer(cfg, logdir)
     sizes = {k: len(getattr(trainer.data, k)) for k in ("train", "query", "database")}
     log.info("%s on %s (%s): train %d, query %d, database %d, device %s", cfg.model.name,
              cfg.dataset.name, cfg.backbone._target_, sizes["train"], sizes["query"],
              sizes["database"], trainer.device)
-    if not cfg.get("resume"):
-        save_config(cfg, logdir / "config.yaml")
-    elif changed:
+    if changed:
         log.info("resume with changed settings: %s (the scheduler keeps its saved settings)",
                  ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
         record = {k: v for k, v in cfg.items() if k != "resume"}
