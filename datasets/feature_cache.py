@@ -48,6 +48,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -190,13 +191,42 @@ def extract(split: ImageSplit, backbone: nn.Module, transform: Callable, path: P
             view_seed: tuple[int, int] | None = None, progress: bool = True,
             desc: str = "features") -> np.ndarray:
     """Features ``(N, D)`` of ``split`` through ``transform`` and ``backbone`` (eval mode, no grad),
-    stored at ``path`` (see the module docstring); loads them when already complete."""
-    partial = path.with_name(path.name + ".partial")
+    stored at ``path`` (see the module docstring); loads them when already complete.
+
+    Processes that need the same entry at once (the jobs of a parallel sweep) take turns on a
+    file lock ``<path>.lock``: the first extracts, the others wait and then load its file. The
+    operating system releases the lock when its holder dies, so a crashed extractor blocks no
+    one; the next holder resumes from its finished shards.
+    """
     features = load_entry(path, parts)
+    partial = path.with_name(path.name + ".partial")
     if features is not None:
         if partial.exists():  # killed between the final rename and the clean-up
             shutil.rmtree(partial, ignore_errors=True)
         return features
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("feature cache: another process is extracting %s; waiting for it", path.name)
+        lock.acquire()
+    try:
+        features = load_entry(path, parts)  # finished by the process we waited for
+        if features is None:
+            features = _extract_locked(split, backbone, transform, path, parts, device,
+                                       batch_size, num_workers, view_seed, progress, desc)
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+        return features
+    finally:
+        lock.release()
+
+
+def _extract_locked(split: ImageSplit, backbone: nn.Module, transform: Callable, path: Path,
+                    parts: dict, device: torch.device, batch_size: int, num_workers: int,
+                    view_seed: tuple[int, int] | None, progress: bool, desc: str) -> np.ndarray:
+    """extract() under the entry's lock: resume the shards in ``<path>.partial/``, merge."""
+    partial = path.with_name(path.name + ".partial")
     n = len(split)
     dtype = DTYPES[parts["dtype"]]
     partial.mkdir(parents=True, exist_ok=True)

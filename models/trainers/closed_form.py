@@ -52,7 +52,7 @@ class ClosedFormTrainer(Trainer):
         self.model.eval()
         features = []
         for images, _, _ in tqdm(self.eval_loader(self.data.train), desc="encode train",
-                                 leave=False, disable=not progress_bars(self.cfg.get("progress", "auto"))):
+                                 leave=False, disable=not self.show_bars):
             features.append(self.model.backbone_input(self.to_device(images)).double().cpu())
         return torch.cat(features)
 

@@ -4,13 +4,18 @@ component, crash safety and resume, equality with the live frozen backbone, view
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import compose_run, val_config
+from conftest import REPO, compose_run, val_config
 from datasets import feature_cache as fc
 from models.backbone.simple import Identity, Tiny
 from utils.errors import ConfigError
@@ -400,3 +405,44 @@ def test_view_banks_seed_the_cpu_generator_only(tmp_path, monkeypatch):
                                                            "dtype": "float32"},
                torch.device("cpu"), view_seed=(1, 2), progress=False)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def _build_in_process(root: Path, name: str, *kill_after: int) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, str(REPO / "tests" / "helpers" / "build_cached.py"),
+                             str(root), name, *map(str, kill_after)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_racing_for_one_cache_extract_it_once(tmp_path):
+    # the first racer extracts slowly (0.2 s a batch); the second starts once the first is
+    # inside an extraction, so without the lock both would extract the same entries
+    cache = tmp_path / "data" / "feature_cache" / "digits"
+    racers = [_build_in_process(tmp_path, "job0", 0, 0.2)]
+    deadline = time.time() + 240
+    while not list(cache.glob("*.partial")) and time.time() < deadline:
+        time.sleep(0.1)
+    assert list(cache.glob("*.partial")), "the first racer never started extracting"
+    racers.append(_build_in_process(tmp_path, "job1"))
+    results = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=300)
+        assert racer.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    # one extraction of query (200) + database (1,597) + train (200, train transform) in all
+    assert sorted(r["images"] for r in results) == [0, 200 + 1597 + 200]
+    assert results[0]["sum"] == results[1]["sum"]
+    assert len(list(cache.glob("database-*.npz"))) == 1 and not list(cache.glob("*.partial"))
+
+
+@pytest.mark.slow
+def test_a_crashed_extractor_does_not_block_the_next(tmp_path):
+    # batches of 64: query = 4 batches, database shard 1 (256) = 4 more: killed in shard 2
+    crashed = _build_in_process(tmp_path, "crashed", 10)
+    crashed.communicate(timeout=300)
+    assert crashed.returncode == -signal.SIGKILL
+    follower = _build_in_process(tmp_path, "follower")
+    out, err = follower.communicate(timeout=300)  # would hang if the lock outlived its holder
+    assert follower.returncode == 0, err[-2000:]
+    assert json.loads(out.strip().splitlines()[-1])["images"] == (1597 - 256) + 200
