@@ -5,12 +5,24 @@ Sweeps: ``python main_v2.py -m model.nbit=16,32,64 seed=1,2`` then
 ``python scripts/summarize.py logs/multirun/<time>``.
 """
 
+import os
+import sys
+from pathlib import Path
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import utils.config  # noqa: F401  (registers the safe resolvers before Hydra composes)
 from utils.experiment import exit_on_user_error, train
+
+# Launcher jobs (submitit's local and SLURM processes) unpickle this module's task function:
+# they need the project on their import path, whatever folder they start in.
+_ROOT = str(Path(__file__).resolve().parent)
+if _ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 
 @hydra.main(config_path="configs", config_name="train", version_base=None)

@@ -9,6 +9,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from utils import build
@@ -54,15 +55,23 @@ def build_trainer(cfg: DictConfig, logdir: str | Path):
     # (feature_cache=auto|on|off; datasets/feature_cache.py).
     from datasets.feature_cache import apply_feature_cache
 
+    threads_setting = cfg.get("threads", "auto")
+    torch.set_num_threads(build.choose_threads(threads_setting, head_only=False)[0])  # extraction
     model, data, train_transform, eval_transform = apply_feature_cache(
         cfg, model, data, train_transform, eval_transform, device,
         closed_form=bool(getattr(trainer_cls, "closed_form", False)))
+    from models.backbone.simple import Identity
+
+    head_only = model.frozen_backbone and isinstance(model.backbone, Identity)
+    threads, why = build.choose_threads(threads_setting, head_only=head_only)
+    torch.set_num_threads(threads)
+    log.info("torch threads: %d (%s)", threads, why)
     return trainer_cls(cfg, model, criterion, data, train_transform, eval_transform, logdir, device)
 
 
 # What a resumed run may change: how long it trains, how often it evaluates, where it runs and
 # what it prints. Everything else would make the continued run a different experiment.
-RESUME_OVERRIDABLE = ("epochs", "eval_interval", "device", "progress", "num_workers")
+RESUME_OVERRIDABLE = ("epochs", "eval_interval", "device", "progress", "num_workers", "threads")
 
 
 def override_keys(overrides: list[str] | None) -> list[str]:
