@@ -1,0 +1,94 @@
+"""A sweep of digits runs, sequential with every core per run vs Hydra's joblib launcher with
+threads=auto, side by side in one invocation: runs per hour of each and their ratio.
+
+    python scripts/bench_sweep.py [--epochs 20] [--jobs N] [--logdir DIR]
+    python scripts/bench_sweep.py --quick          # smoke test: 2 runs of 1 epoch each way
+
+The sweep: SDC on the bundled digits, model.nbit=16,32,64,128 x seed=1,2 (8 runs), the same
+overrides both ways. "sequential" is the framework before threads=auto: one job after another,
+each with torch's default intra-op threads (every core). "joblib" runs ``--jobs`` (default: one
+per core) jobs side by side, each choosing its threads with threads=auto (one for a head on
+precomputed features). Both are timed as whole ``main_v2.py -m`` commands (Python start-up,
+data, training, evaluation, writing), and the mAP of every run is compared between the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scripts.bench_training import run_in_scratch  # noqa: E402
+from utils.build import available_cores  # noqa: E402
+
+
+def sweep(folder: Path, launcher: list[str], overrides: list[str]) -> tuple[float, dict]:
+    """Seconds of one ``main_v2.py -m`` sweep and {run folder name: final mAP}."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
+    env.pop("OMP_NUM_THREADS", None)  # both settings choose their threads themselves
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, str(REPO / "main_v2.py"), "-m", *launcher,
+                             *overrides, f"hydra.sweep.dir={folder}"], cwd=folder.parent,
+                            env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"error: the sweep in {folder} failed:\n{result.stderr[-2000:]}")
+    maps = {}
+    for path in sorted(folder.rglob("metrics.json")):
+        metrics = json.loads(path.read_text())
+        maps[path.parent.name] = metrics["last"][metrics["main_metric"]]
+    return seconds, maps
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 runs of 1 epoch each way")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=available_cores(),
+                        help="parallel jobs of the joblib sweep (default: one per core)")
+    parser.add_argument("--logdir", default=None, help="scratch folder (default: a temp dir)")
+    args = parser.parse_args(argv)
+    grid = ["model.nbit=16,32", "seed=1"] if args.quick else ["model.nbit=16,32,64,128",
+                                                               "seed=1,2"]
+    epochs = 1 if args.quick else args.epochs
+    overrides = ["model=sdc", "dataset=digits", f"epochs={epochs}", "eval_interval=0",
+                 "progress=false", *grid]
+    cores = available_cores()
+
+    def run(folder: Path) -> dict:
+        folder.mkdir(parents=True, exist_ok=True)
+        seq_s, seq_maps = sweep(folder / "sequential", [f"threads={cores}"], overrides)
+        par_s, par_maps = sweep(folder / "joblib", ["hydra/launcher=joblib",
+                                                    f"hydra.launcher.n_jobs={args.jobs}",
+                                                    "threads=auto"], overrides)
+        runs = len(seq_maps)
+        if runs == 0 or seq_maps.keys() != par_maps.keys():
+            raise SystemExit("error: the two sweeps did not finish the same runs")
+        diff = max(abs(seq_maps[k] - par_maps[k]) for k in seq_maps)
+        out = {"runs": runs, "cores": cores, "jobs": args.jobs, "epochs": epochs,
+               "sequential_s": seq_s, "joblib_s": par_s,
+               "sequential_runs_per_hour": runs * 3600 / seq_s,
+               "joblib_runs_per_hour": runs * 3600 / par_s, "ratio": seq_s / par_s,
+               "max_map_difference": diff}
+        print(f"sweep: {runs} runs (SDC, digits, {epochs} epochs), {cores} cores, "
+              f"load average {os.getloadavg()[0]:.1f} at the end")
+        print(f"  sequential, threads={cores} per run : {seq_s:7.1f} s  "
+              f"{out['sequential_runs_per_hour']:7.1f} runs/hour")
+        print(f"  joblib n_jobs={args.jobs}, threads=auto  : {par_s:7.1f} s  "
+              f"{out['joblib_runs_per_hour']:7.1f} runs/hour")
+        print(f"  ratio: {out['ratio']:.2f}x   largest mAP difference between the two: {diff:.2e}"
+              " (thread counts change float summation order)")
+        return out
+
+    return run_in_scratch(args.logdir, run)
+
+
+if __name__ == "__main__":
+    main()
