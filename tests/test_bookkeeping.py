@@ -335,3 +335,53 @@ def test_two_view_method_on_a_feature_dataset_is_refused(tmp_path):
     for method in ("cibhash", "sdc_simclr"):
         with pytest.raises(ConfigError, match="views would be identical"):
             build_trainer(compose_run([*common, f"model={method}"], tmp_path), tmp_path / method)
+
+
+# ---------------------------------------------------------------------------- precision
+def test_precision_setting():
+    from models.trainers.base import resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cpu) == "32"
+    assert resolve_precision("bf16-mixed", cpu) == "bf16" and resolve_precision(32, cpu) == "32"
+    with pytest.raises(ConfigError, match="precision must be"):
+        resolve_precision("8", cpu)
+
+
+def test_auto_precision_is_bf16_on_a_gpu_that_has_it(monkeypatch):
+    from models.trainers.base import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", torch.device("cuda")) == "32"
+
+
+@pytest.mark.parametrize("precision, dtype", [("32", torch.float32), ("bf16", torch.bfloat16),
+                                              ("16-mixed", torch.float16)])
+def test_training_step_runs_under_the_precision(precision, dtype, tmp_path, monkeypatch):
+    from models.loss.sdc import SDCLoss
+    from utils.experiment import train
+
+    seen = []
+    original = SDCLoss.forward
+    monkeypatch.setattr(SDCLoss, "forward",
+                        lambda self, features, codes: seen.append(codes.dtype) or
+                        original(self, features, codes))
+    train(compose_run([*SMALL, "epochs=1", f"precision={precision}"], tmp_path))
+    assert seen and set(seen) == {dtype}
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    # 16-mixed keeps its loss scale for resume; the others have a disabled scaler
+    assert bool(state["grad_scaler"]) == (precision == "16-mixed")
+
+
+def test_channels_last_inputs_when_the_backbone_is_a_cnn(tmp_path):
+    from utils.experiment import build_trainer
+
+    trainer = build_trainer(compose_run(["dataset.source.train=20", "backbone=tiny"], tmp_path),
+                            tmp_path / "run")
+    assert trainer.channels_last is False  # CPU: no conversion
+    trainer.channels_last = True  # what CUDA with a Conv2d backbone sets
+    images = trainer.to_device([torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)])
+    assert all(x.is_contiguous(memory_format=torch.channels_last) for x in images)
+    assert trainer.to_device(torch.rand(2, 5)).shape == (2, 5)  # features pass unchanged

@@ -50,6 +50,11 @@ class Trainer:
     def __init__(self, cfg: DictConfig, model, criterion, data, train_transform,
                  eval_transform, logdir: str | Path, device: torch.device):
         self.cfg = cfg
+        # CNN backbones on CUDA run faster on NHWC tensors (tensor cores); inputs follow
+        self.channels_last = device.type == "cuda" and any(
+            isinstance(m, torch.nn.Conv2d) for m in model.backbone.modules())
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = model.to(device)
         self.criterion = criterion.to(device)
         self.data = data
@@ -65,6 +70,8 @@ class Trainer:
         self.select_on = str(cfg.get("select_on", "val"))
         self.zero_relevant = str(cfg.get("zero_relevant", "count"))
         self.show_bars = progress_bars(cfg.get("progress", "auto"))
+        self.precision = resolve_precision(cfg.get("precision", "auto"), device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "16-mixed")
         self.validation = split_validation(data.train, cfg.get("val_size", 0.1),
                                            derive_seed(int(cfg.dataset.source.get("split_seed", 0) or 0), 7))
         self.optimizer = None
@@ -113,7 +120,9 @@ class Trainer:
     # ------------------------------------------------------------------ helpers
     def to_device(self, images):
         if isinstance(images, (list, tuple)):
-            return [view.to(self.device, non_blocking=True) for view in images]
+            return [self.to_device(view) for view in images]
+        if self.channels_last and images.dim() == 4:
+            return images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
         return images.to(self.device, non_blocking=True)
 
     def _dataset(self, split, transform):
@@ -132,6 +141,11 @@ class Trainer:
                           batch_size=self.eval_batch_size, shuffle=False,
                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
 
+    def autocast(self):
+        """The mixed-precision context of ``precision`` (a no-op for 32)."""
+        dtype = {"bf16": torch.bfloat16, "16-mixed": torch.float16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
     @torch.no_grad()
     def encode(self, split, desc: str = "encode") -> torch.Tensor:
         """Continuous codes (N, K) of a split, in split order, on the CPU."""
@@ -139,7 +153,8 @@ class Trainer:
         codes = []
         for images, _, _ in tqdm(self.eval_loader(split), desc=desc, leave=False,
                                  disable=not self.show_bars):
-            codes.append(self.model.encode(self.to_device(images)).float().cpu())
+            with self.autocast():
+                codes.append(self.model.encode(self.to_device(images)).float().cpu())
         return torch.cat(codes)
 
     def report(self, query_codes, db_codes, query_labels, db_labels, R=None) -> dict:
@@ -173,6 +188,7 @@ class Trainer:
         return {"model": self.model.trainable_state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
+                "grad_scaler": self.scaler.state_dict(),
                 "epoch": epoch,
                 "best_metric": float(self.best["metric"]),
                 "best_epoch": -1 if self.best["epoch"] is None else int(self.best["epoch"])}
@@ -197,6 +213,8 @@ class Trainer:
         load_model_state(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("grad_scaler"):  # 16-mixed: the loss scale goes on where it was
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.start_epoch = int(state["epoch"])
         self.best = {"metric": float(state["best_metric"]),
                      "epoch": None if state["best_epoch"] < 0 else int(state["best_epoch"])}
@@ -305,21 +323,39 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
                    disable=not self.show_bars)
         for step, batch in enumerate(bar):
-            terms = self.training_step(batch)
+            with self.autocast():
+                terms = self.training_step(batch)
             loss = terms["loss"]
             if not torch.isfinite(loss):
                 raise TrainingError(f"The loss became {loss.item()} at epoch {epoch + 1}, step "
                                     f"{step + 1}: lower optim.lr or check the input data; the "
                                     "last good checkpoint is checkpoints/last.pt")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.scaler.scale(loss).backward()  # the identity unless precision=16-mixed
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             rows = len(batch[1])
             count += rows
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach()) * rows
             bar.set_postfix({k: f"{v / count:.4f}" for k, v in sums.items()})
         return {name: total / max(count, 1) for name, total in sums.items()}
+
+
+PRECISIONS = ("32", "bf16", "16-mixed")
+
+
+def resolve_precision(setting, device: torch.device) -> str:
+    """``precision``: auto = bf16 on a CUDA GPU that supports it, else 32 (CPU, MPS, older
+    GPUs); 32 | bf16 (autocast, no loss scaling) | 16-mixed (float16 autocast + GradScaler)."""
+    value = str(setting).lower()
+    if value == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return "bf16" if cuda_bf16 else "32"
+    value = {"32-true": "32", "fp32": "32", "bf16-mixed": "bf16"}.get(value, value)
+    if value not in PRECISIONS:
+        raise ConfigError(f"precision must be auto, {', '.join(PRECISIONS)}, got {setting!r}")
+    return value
 
 
 def load_model_state(model, state: dict[str, torch.Tensor]) -> None:
