@@ -65,3 +65,25 @@ def test_misspelt_key_fails_with_hydras_message():
 
     with pytest.raises(ConfigCompositionException, match="epocs"):
         compose(["epocs=3"])
+
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_preset_composes_and_names_its_source(name):
+    text = (REPO / "configs" / "experiment" / f"{name}.yaml").read_text()
+    assert "Source:" in text.splitlines()[1], "the second line names the preset's source"
+    cfg = compose([f"+experiment={name}"])
+    method = name.split("_cifar10")[0].replace("_finetune", "")
+    assert cfg.model.name == method
+    assert cfg.dataset.name == "cifar10" and cfg.backbone._target_.endswith("VGG16")
+    assert cfg.dataset.source.protocol == "standard" and cfg.model.nbit == 64
+    assert cfg.backbone_lr_scale == (1 if "finetune" in name else 0)  # wins over the method's 0
+    assert cfg.epochs == 100 and cfg.batch_size == 64
+
+
+def test_presets_cover_the_reference_fine_tuned_settings():
+    assert {"ugh_finetune_cifar10_vgg16", "bihalf_finetune_cifar10_vgg16",
+            "cibhash_finetune_cifar10_vgg16", "sdc_cifar10_vgg16",
+            "sdc_simclr_cifar10_vgg16"} <= set(EXPERIMENTS)
