@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import compose_run, run_cli, val_config
-from utils.errors import CheckpointError, ConfigError
+from utils.errors import ConfigError
 
 SMALL = ["dataset.source.train=20", "batch_size=40", "model.nbit=16", "eval_interval=1"]
 
@@ -341,7 +341,7 @@ def test_two_view_method_on_a_feature_dataset_is_refused(tmp_path):
 def test_precision_setting():
     from models.trainers.base import resolve_precision
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "32"
     assert resolve_precision("bf16-mixed", cpu) == "bf16" and resolve_precision(32, cpu) == "32"
     with pytest.raises(ConfigError, match="precision must be"):

@@ -1,6 +1,5 @@
 """Every config in every group composes; every method instantiates with the tiny backbone."""
 
-from pathlib import Path
 
 import pytest
 

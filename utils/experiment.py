@@ -16,7 +16,6 @@ from utils import build
 from utils.checkpoint import load_checkpoint, read_json, write_json, write_npz
 from utils.config import load_run_config, save_config, to_plain
 from utils.errors import CheckpointError, ConfigError, UserError
-from utils.retrieval import retrieval_report
 from utils.seed import run_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -217,11 +216,9 @@ def validate(vcfg: DictConfig) -> dict[str, Any]:
     load_model_state(trainer.model, state["model"])
     query = trainer.encode(trainer.data.query, "encode queries")
     database = trainer.encode(trainer.data.database, "encode database")
-    report = retrieval_report(query, database, trainer.data.query.labels,
-                              trainer.data.database.labels, R=trainer.R,
-                              ks=tuple(cfg.ks), radius=int(cfg.radius),
-                              pr_curve=bool(vcfg.pr_curve),
-                              zero_relevant=trainer.zero_relevant)
+    report = trainer.retrieve(query, database, trainer.data.query.labels,
+                              trainer.data.database.labels, R=trainer.R, ks=tuple(cfg.ks),
+                              radius=int(cfg.radius), pr_curve=bool(vcfg.pr_curve))
     result = {"checkpoint": name, "epoch": int(state.get("epoch", -1)), **report}
     write_json(result, logdir / f"eval_{name}.json")
     if vcfg.save_codes:

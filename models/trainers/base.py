@@ -157,11 +157,18 @@ class Trainer:
                 codes.append(self.model.encode(self.to_device(images)).float().cpu())
         return torch.cat(codes)
 
-    def report(self, query_codes, db_codes, query_labels, db_labels, R=None) -> dict:
+    def retrieve(self, query_codes, db_codes, query_labels, db_labels, **kwargs) -> dict:
+        """retrieval_report with this run's zero_relevant rule; on CUDA the codes go back to the
+        GPU, where the engine's torch backend scores them (numba kernels on the CPU)."""
+        if self.device.type == "cuda":
+            query_codes, db_codes = query_codes.to(self.device), db_codes.to(self.device)
         return retrieval_report(query_codes, db_codes, query_labels, db_labels,
-                                R=self.R if R is None else R, ks=tuple(self.cfg.ks),
-                                radius=int(self.cfg.radius), pr_curve=False,
-                                zero_relevant=self.zero_relevant)
+                                zero_relevant=self.zero_relevant, **kwargs)
+
+    def report(self, query_codes, db_codes, query_labels, db_labels, R=None) -> dict:
+        return self.retrieve(query_codes, db_codes, query_labels, db_labels,
+                             R=self.R if R is None else R, ks=tuple(self.cfg.ks),
+                             radius=int(self.cfg.radius), pr_curve=False)
 
     def evaluate(self) -> dict[str, float]:
         """Query-vs-database metrics of the current model."""
@@ -174,9 +181,8 @@ class Trainer:
         val_queries, val_database = self.validation
         query = self.encode(val_queries, "encode validation")
         database = self.encode(val_database, "encode validation db")
-        report = retrieval_report(query, database, val_queries.labels, val_database.labels,
-                                  R=self.R, ks=(1,), radius=0, pr_curve=False,
-                                  zero_relevant=self.zero_relevant)
+        report = self.retrieve(query, database, val_queries.labels, val_database.labels,
+                               R=self.R, ks=(1,), radius=0, pr_curve=False)
         return report[_map_key(self.R)]
 
     # ------------------------------------------------------------------ checkpoints

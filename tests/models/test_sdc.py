@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models.arch.base import HashModel
 from models.arch.sdc import SDCHead

@@ -1,6 +1,6 @@
 """Smoke test: scripts/bench_training.py --quick (backbone=tiny, dataset=digits) runs end to end."""
 
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 
 def test_bench_training_quick(tmp_path):
