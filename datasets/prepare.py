@@ -10,17 +10,17 @@ Rules and their sources (methods.md §5.1 summarises the reference's shipped lis
 
 ImageNet100 (single-label, 100 classes)
   - classes: ``datasets/imagenet100_classes.txt``, the 100 wnids of the reference's list files
-    with their class ids (its header says where they were read); ``--classes`` replaces it.
+    with their class ids (its header says where they were read); ``--classes FILE`` replaces it.
   - query: every ImageNet-1k validation image of those classes (the reference's test.txt: 5,000
     validation images, 50 per class); training: 130 training images per class (the reference's
     train.txt: 13,000 lines, 130 per class), drawn per class with the seed; database: every
     training image of those classes, the training images included (the supplement's "remaining
     128K"; the HashNet ImageNet protocol, whose training points are drawn from the database).
-  - with ``reference_lists`` (a folder holding the reference's train.txt and test.txt) the training
+  - with ``--reference-lists DIR`` (DIR holding the reference's train.txt and test.txt) the training
     and query images are exactly the reference's, where they exist in the source (matched by file
     name); each line's class id is checked against the class list.
 NUS-WIDE (multi-label, 21 concepts)
-  - concepts: the 21 most frequent of the official 81 (the reference, methods.md §5.1; the DPSH /
+  - concepts: the 21 most frequent of the official 81 (the reference's 21-d labels; the DPSH /
     DeepHash convention), counted over the whole official image list, ties broken by name; label
     vectors list them in alphabetical order (the order of the official concept list).
   - images: those with at least one of the 21 concepts (and present on disk).
@@ -105,22 +105,25 @@ class Prepared:
         return self.labels["train"].ndim == 2
 
     def write(self, out) -> list[Path]:
-        """Write the list files and classes.txt under ``out``, each atomically; returns their paths."""
+        """Write the list files and classes.txt under ``out``; returns their paths.
+
+        Every line is formatted (and checked) before the first file is written, and each file is
+        written atomically (temporary file, then rename), so no file is ever half-written.
+        """
         out = Path(out)
-        written = []
+        texts = {}
         for split, filename in SPLIT_FILES.items():
             rows = []
             for path, label in zip(self.paths[split], self.labels[split]):
-                if " " in path or "\t" in path:
+                if any(ch.isspace() for ch in path):
                     raise DataError(f"Image path {path!r} contains whitespace, which the list-file format cannot hold: rename the file or folder.")
                 label_text = " ".join(str(int(v)) for v in label) if self.multilabel else str(int(label))
                 rows.append(f"{path} {label_text}\n")
-            text = "".join(rows).encode()
+            texts[filename] = "".join(rows).encode()
+        texts["classes.txt"] = "".join(f"{c}\n" for c in self.classes).encode()
+        for filename, text in texts.items():
             _atomic_write(out / filename, lambda handle, text=text: handle.write(text))
-            written.append(out / filename)
-        names = "".join(f"{c}\n" for c in self.classes).encode()
-        _atomic_write(out / "classes.txt", lambda handle: handle.write(names))
-        return written + [out / "classes.txt"]
+        return [out / filename for filename in texts]
 
 
 def list_path(image: Path, data_dir: Path) -> str:

@@ -8,7 +8,8 @@ Each writes ``<out>/train.txt``, ``test.txt`` (the queries), ``database.txt`` an
 and prints the split sizes and label statistics; ``python main_v2.py dataset=<name>
 data_dir=<parent of out>`` then reads them. The rules, and where each comes from (the reference's
 list files, the SDC supplement, the HashNet / DPSH conventions), are in ``datasets/prepare.py``.
-The same ``--seed`` always gives the same files. Expected sources:
+The same ``--seed`` always gives the same files; ``--help`` prints the rules and their sources.
+Expected sources:
 
 - imagenet100: ImageNet-1k in class folders, ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``
   (torchvision's ImageNet / ImageFolder layout);
@@ -32,7 +33,9 @@ from utils.experiment import exit_on_user_error  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    rules = prepare.__doc__[prepare.__doc__.index("Rules and their sources"):]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=rules,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="dataset", required=True, metavar="{imagenet100,nuswide,coco}")
 
     def common(p, folder):

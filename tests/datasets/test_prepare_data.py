@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from datasets.listfile import list_file_splits
-from datasets.prepare import IMAGENET100_CLASSES, read_class_list
+from datasets.prepare import IMAGENET100_CLASSES, Prepared, read_class_list
 from utils.errors import DataError
 
 from conftest import REPO  # isort: skip
@@ -332,3 +332,15 @@ def test_coco_refuses_other_sources(tmp_path, capsys):
     (source / "annotations" / "instances_val2014.json").write_text("{broken")
     err = refused(["coco", "--source", source, "--out", tmp_path / "out"], capsys)
     assert "is not readable JSON" in err
+
+
+def test_nothing_is_written_when_a_line_cannot_be_formatted(tmp_path):
+    prepared = Prepared("x", {"train": ["a.jpg"], "query": ["b.jpg"], "database": ["my photo.jpg"]},
+                        {k: np.zeros(1, np.int64) for k in ("train", "query", "database")}, ["c0"])
+    with pytest.raises(DataError, match="'my photo.jpg' contains whitespace"):
+        prepared.write(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    prepared.paths["database"] = ["c.jpg"]
+    assert [p.name for p in prepared.write(tmp_path / "out")] == ["train.txt", "test.txt", "database.txt", "classes.txt"]
+    assert (tmp_path / "out" / "database.txt").read_text() == "c.jpg 0\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["classes.txt", "database.txt", "test.txt", "train.txt"]
