@@ -157,6 +157,8 @@ def test_too_small_classes_and_bad_settings_end_in_one_sentence(tmp_path):
         image_folder_splits(root, queries_per_class=None)
     with pytest.raises(ConfigError, match="queries_per_class=0 is invalid"):
         image_folder_splits(root, queries_per_class=0)
+    with pytest.raises(ConfigError, match=r"needs the collection's folder: pass dataset.root=<folder>\."):
+        image_folder_splits(None)
     with pytest.raises(DataError, match="not found: set dataset.root"):
         image_folder_splits(tmp_path / "nowhere")
     (tmp_path / "flat").mkdir()
