@@ -236,6 +236,8 @@ def image_folder_splits(root, protocol: str = "standard", queries_per_class: int
     for key, value in (("queries_per_class", queries_per_class), ("train_per_class", train_per_class)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "queries_per_class" else 0)):
             raise ConfigError(f"{key}={value!r} is invalid: give a positive number of images per class, or null.")
+    if protocol == "disjoint" and train_per_class is None:
+        raise ConfigError("protocol=disjoint with train_per_class=null would leave no database: give train_per_class a number.")
     if root is None:
         raise ConfigError("dataset=imagefolder needs the collection's folder: pass dataset.root=<folder>.")
     root = Path(root)

@@ -155,6 +155,8 @@ def test_too_small_classes_and_bad_settings_end_in_one_sentence(tmp_path):
         image_folder_splits(root, protocol="foo")
     with pytest.raises(ConfigError, match="needs .*/train and .*/test folders"):
         image_folder_splits(root, queries_per_class=None)
+    with pytest.raises(ConfigError, match="would leave no database"):
+        image_folder_splits(root, protocol="disjoint", train_per_class=None)
     with pytest.raises(ConfigError, match="queries_per_class=0 is invalid"):
         image_folder_splits(root, queries_per_class=0)
     with pytest.raises(ConfigError, match=r"needs the collection's folder: pass dataset.root=<folder>\."):
