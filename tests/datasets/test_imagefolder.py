@@ -13,7 +13,7 @@ from datasets.imagefolder import image_folder_splits, per_class_split
 from utils.errors import ConfigError, DataError
 
 from conftest import run_cli  # isort: skip
-from dataset_test_utils import write_image  # isort: skip  (tests/datasets is on sys.path)
+from dataset_test_utils import extract_shared_cifar, write_image  # isort: skip  (tests/datasets is on sys.path)
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -179,6 +179,21 @@ def test_train_and_test_with_different_classes_are_refused(tmp_path):
     write_image(root / "test" / "owl" / "a.jpg")
     with pytest.raises(DataError, match=r"different classes \(owl in only one\)"):
         image_folder_splits(root, queries_per_class=1, train_per_class=1)
+
+
+@pytest.mark.data
+def test_the_real_cifar10_folder_gives_cifar10s_official_split(tmp_path_factory):
+    """Oracle on real data: the shared CIFAR-10 JPEG folder (train/ + test/) as an image folder,
+    all test images as queries and train = database, equals datasets.cifar's "official" protocol."""
+    from datasets.cifar import cifar10_splits
+
+    for root in extract_shared_cifar(tmp_path_factory):
+        data = image_folder_splits(root, queries_per_class=None, train_per_class=None)
+        assert data.sizes() == {"train": 50000, "query": 10000, "database": 50000}
+        reference = cifar10_splits(root, protocol="official", download=False)
+        for split in ("train", "query", "database"):
+            assert paths_of(getattr(data, split)) == paths_of(getattr(reference, split)), split
+            np.testing.assert_array_equal(getattr(data, split).labels, getattr(reference, split).labels)
 
 
 @pytest.mark.slow
