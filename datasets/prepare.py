@@ -271,12 +271,16 @@ def prepare_imagenet100(source, out, classes=None, reference_lists=None, train_p
 
 
 def _nuswide_relative(line: str) -> str:
-    r"""An Imagelist.txt entry as a relative POSIX path: ``C:\ImageData\Flickr\actor\0001_2124494179.jpg``
-    -> ``Flickr/actor/0001_2124494179.jpg`` (the official list holds the authors' Windows paths)."""
+    r"""An Imagelist.txt entry as a path under the images folder: ``Flickr/<category>/<file>.jpg``.
+
+    The official list holds the authors' Windows paths (``C:\ImageData\Flickr\actor\0001_2124494179.jpg``);
+    copies relative to the Flickr folder (``actor\0001_2124494179.jpg``) are read too.
+    """
     path = line.strip().replace("\\", "/")
     if "ImageData/" in path:
         path = path.split("ImageData/", 1)[1]
-    return path.lstrip("/")
+    path = path.lstrip("/")
+    return path if path.startswith("Flickr/") else "Flickr/" + path
 
 
 def prepare_nuswide(source, out, images=None, nconcepts: int = 21, queries_per_concept: int = 100,

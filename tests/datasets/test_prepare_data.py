@@ -200,12 +200,14 @@ def nuswide_labels() -> np.ndarray:
 KEPT = ["animal", "grass", "sky", "water"]  # 4 most frequent, ties broken by name, alphabetical
 
 
-def make_nuswide(root: Path, labels: np.ndarray, missing=(5,)) -> list[str]:
-    """ImageList/Imagelist.txt (Windows paths, as the official file) + Groundtruth/AllLabels/Labels_*.txt."""
+def make_nuswide(root: Path, labels: np.ndarray, missing=(5,), windows=True) -> list[str]:
+    """ImageList/Imagelist.txt (the official Windows paths, or paths relative to Flickr/) +
+    Groundtruth/AllLabels/Labels_*.txt, images under Flickr/<category>/."""
     entries = []
     for i in range(len(labels)):
         category = ["actor", "beach"][i % 2]
-        entries.append(f"C:\\ImageData\\Flickr\\{category}\\{i:04d}_{1000 + i}.jpg")
+        prefix = "C:\\ImageData\\Flickr\\" if windows else ""
+        entries.append(f"{prefix}{category}\\{i:04d}_{1000 + i}.jpg")
         if i not in missing:
             write_image(root / "Flickr" / category / f"{i:04d}_{1000 + i}.jpg", size=(8, 8), seed=i)
     (root / "ImageList").mkdir(parents=True)
@@ -216,14 +218,15 @@ def make_nuswide(root: Path, labels: np.ndarray, missing=(5,)) -> list[str]:
     return entries
 
 
-def test_nuswide_rules_line_by_line(tmp_path, capsys):
+@pytest.mark.parametrize("windows", [True, False], ids=["official-windows-paths", "paths-under-flickr"])
+def test_nuswide_rules_line_by_line(tmp_path, capsys, windows):
     labels = nuswide_labels()
     counts = {c: int(k) for c, k in zip(CONCEPTS, labels.sum(0))}
     top = sorted(CONCEPTS, key=lambda c: (-counts[c], c))[:4]
     assert sorted(top) == KEPT  # the miniature really has this ranking
     data = tmp_path / "data"
     source = data / "NUS-WIDE"  # inside the data folder: paths are written relative to it
-    make_nuswide(source, labels)
+    make_nuswide(source, labels, windows=windows)
     out = data / "nuswide"
     args = ["nuswide", "--source", source, "--out", out, "--concepts", 4, "--queries-per-concept", 1, "--train-per-concept", 2]
     printed, _ = run(args, capsys)
