@@ -80,8 +80,8 @@ class Prepared:
 
     def report(self) -> str:
         """Split sizes and label statistics, one block per split."""
-        kind = {"nuswide": "concepts", "coco": "categories"}.get(self.name, "classes")
-        lines = [f"{self.name}: {len(self.classes)} {kind}", *self.notes]
+        kind, kinds = {"nuswide": ("concept", "concepts"), "coco": ("category", "categories")}.get(self.name, ("class", "classes"))
+        lines = [f"{self.name}: {len(self.classes)} {kinds}", *self.notes]
         for split in ("train", "query", "database"):
             labels = self.labels[split]
             n = len(labels)
@@ -90,14 +90,14 @@ class Prepared:
                 per_class = labels.sum(0)
                 lines.append(
                     f"  {split:<9}{n:>9,} images  labels per image {per_image.min():.0f}..{per_image.max():.0f} "
-                    f"(mean {per_image.mean():.2f})  images per concept {per_class.min():,}..{per_class.max():,}"
+                    f"(mean {per_image.mean():.2f})  images per {kind} {per_class.min():,}..{per_class.max():,}"
                 )
             else:
                 per_class = np.bincount(labels, minlength=len(self.classes))
                 lines.append(f"  {split:<9}{n:>9,} images  images per class {per_class.min():,}..{per_class.max():,} (mean {per_class.mean():.1f})")
         if self.multilabel:
             counts = self.labels["database"].sum(0)
-            lines.append("  database images per concept: " + ", ".join(f"{c} {k:,}" for c, k in zip(self.classes, counts)))
+            lines.append(f"  database images per {kind}: " + ", ".join(f"{c} {k:,}" for c, k in zip(self.classes, counts)))
         return "\n".join(lines)
 
     @property
