@@ -176,12 +176,14 @@ class HashingData:
         split_indices: ``{"train", "query", "database"} -> (N,) int64`` indices into the
             source pool (for logging / saving), or None when the source has no common pool
             (e.g. list files).
+        classes: the class names in id order when the source knows them (image folders), else None.
     """
 
     train: ImageSplit
     query: ImageSplit
     database: ImageSplit
     split_indices: dict[str, np.ndarray] | None = None
+    classes: list[str] | None = None
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "query": len(self.query), "database": len(self.database)}

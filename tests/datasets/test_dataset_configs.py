@@ -20,7 +20,7 @@ def compose_with(dataset, transforms="no_augmentation"):
 
 
 def test_expected_files_exist():
-    assert {"digits", "cifar10", "imagenet100", "nuswide", "coco", "features"} <= set(DATASETS)
+    assert {"digits", "cifar10", "imagenet100", "nuswide", "coco", "features", "imagefolder"} <= set(DATASETS)
     assert {"no_augmentation", "cibhash", "simclr", "mocov2"} <= set(TRANSFORMS)
 
 
@@ -30,7 +30,10 @@ def test_dataset_config(name):
     cfg = compose_with(name).dataset  # with packages and `defaults` includes applied
     assert DATASET_KEYS <= set(cfg.keys())
     assert isinstance(cfg.name, str) and cfg.name
-    assert isinstance(cfg.nclass, int) and cfg.nclass > 0
+    if name == "imagefolder":
+        assert cfg.nclass is None  # found from the class folders when the data is built
+    else:
+        assert isinstance(cfg.nclass, int) and cfg.nclass > 0
     assert isinstance(cfg.multiclass, bool)
     assert isinstance(cfg.R, int) and (cfg.R > 0 or cfg.R == -1)
     # The source's arguments are exactly parameters of its factory (no misspelt key).
