@@ -251,3 +251,12 @@ def test_diagnostics_for_closed_form_and_switched_off(tmp_path, overrides, expec
     assert bool(diag) == expect_diag
     if expect_diag:  # LSH has no calibration hook
         assert "diag/hamming_overlap" in diag and "diag/calibration_gap" not in diag
+
+
+def test_plot_script_cli_exits_with_one_sentence(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("scripts/plot.py", [str(tmp_path)], tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: {tmp_path} is not a run directory (no config.yaml):"
+                                     " pass the folders main_v2.py printed")
