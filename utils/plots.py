@@ -94,14 +94,16 @@ def distance_histograms(panels: Sequence[dict], title: str, per_row: int = 4):
     """Same-class vs different-class Hamming-distance distributions, one panel per run.
 
     panels: [{"label", "same", "diff", "overlap"}, ...] with (K + 1,) counts; each
-    distribution is normalised to sum 1 (the y axis is the fraction of that kind of pair).
+    distribution is normalised to sum 1 (the y axis is the fraction of that kind of pair);
+    the panels share the y axis.
     """
     n = len(panels)
     ncols = min(n, per_row)
     nrows = -(-n // ncols)
     width = COLUMN if n == 1 else PAGE
+    # one y scale for all panels: a collapsed distribution shows as a taller, narrower peak
     fig, axes = figure(width, 2.4 if n == 1 else 1.75 * nrows + 0.35, nrows, ncols,
-                       sharey=False)
+                       sharey=True)
     for i, panel in enumerate(panels):
         ax = axes[i // ncols, i % ncols]
         same = np.asarray(panel["same"], dtype=float)
