@@ -133,25 +133,34 @@ def training_curves(runs: Sequence[tuple[str, dict]], title: str):
     runs: [(label, {"loss": {term: (epochs, values)}, "map": {name: (epochs, values)}}), ...];
     with several runs, line labels are prefixed with the run label.
     """
-    fig, axes = figure(PAGE if len(runs) > 1 else COLUMN * 2, 2.4, 1, 2)
+    fig, axes = figure(PAGE if len(runs) > 1 else COLUMN * 2, 2.9 if len(runs) > 1 else 2.4,
+                       1, 2)
     left, right = axes[0]
     prefix = len(runs) > 1
+    per_run = []  # the lines of each run, for a legend with one column per run
     for label, curves in runs:
+        lines = []
         for term, (epochs, values) in curves["loss"].items():
-            left.plot(epochs, values, label=f"{label}: {term}" if prefix else term)
+            lines += left.plot(epochs, values, label=f"{label}: {term}" if prefix else term)
         for name, (epochs, values) in curves["map"].items():
             name = (f"validation {name[4:]}" if name.startswith("val_") else
                     f"query {name}").replace("mAP_tie", "tie-aware mAP")
-            right.plot(epochs, np.asarray(values) * 100, marker="o",
-                       label=f"{label}: {name}" if prefix else name)
+            lines += right.plot(epochs, np.asarray(values) * 100, marker="o",
+                                label=f"{label}: {name}" if prefix else name)
+        per_run.append(lines)
     left.set(xlabel="epoch", ylabel="training loss (per item, epoch mean)")
     left.set_title("loss terms")
     right.set(xlabel="epoch", ylabel="mAP (%)")
     right.set_title("mAP of the evaluations")
     for ax in (left, right):
         ax.xaxis.get_major_locator().set_params(integer=True)
-        if ax.get_legend_handles_labels()[0]:
+        if not prefix and ax.get_legend_handles_labels()[0]:
             _legend(ax)
+    if prefix:  # several runs: one legend under both panels, clear of the curves
+        handles = [line for lines in per_run for line in lines]
+        fig.legend(handles, [h.get_label() for h in handles], loc="outside lower center",
+                   ncols=len(runs) if len({len(x) for x in per_run}) == 1 else 3,
+                   frameon=False, fontsize=STYLE["legend.fontsize"])
     fig.suptitle(title, fontsize=STYLE["figure.titlesize"])
     return fig
 
