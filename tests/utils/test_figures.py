@@ -260,3 +260,22 @@ def test_plot_script_cli_exits_with_one_sentence(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == (f"error: {tmp_path} is not a run directory (no config.yaml):"
                                      " pass the folders main_v2.py printed")
+
+
+def test_sdc_calibration_view_from_the_feature_cache_equals_the_live_backbone(tmp_path):
+    """With a frozen backbone the heads train from cached features; the calibration view must
+    see the same backbone features (HashOutput.features) as the live model would."""
+    from models.trainers.base import load_model_state
+    from utils.checkpoint import load_checkpoint
+    from utils.experiment import build_trainer, train
+
+    base = ["backbone=tiny", "epochs=1", "eval_interval=1", "model.nbit=16", "num_workers=0"]
+    train(compose_run([*base, "feature_cache=on"], tmp_path))
+    logged = _events(tmp_path / "run").Scalars("diag/calibration_gap")[-1].value
+    live_cfg = compose_run([*base, "feature_cache=off"], tmp_path, "live")
+    live = build_trainer(live_cfg, tmp_path / "live")
+    load_model_state(live.model, load_checkpoint(tmp_path / "run" / "checkpoints" /
+                                                 "last.pt")["model"])
+    sims, targets = dg.calibration_pairs(live, live.validation[0])
+    assert len(sims) == 2 * 32  # 160 validation queries: two batches of 64, 32 pairs each
+    assert logged == pytest.approx(float((sims - targets).abs().mean()), abs=1e-4)
