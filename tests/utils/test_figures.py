@@ -279,3 +279,12 @@ def test_sdc_calibration_view_from_the_feature_cache_equals_the_live_backbone(tm
     sims, targets = dg.calibration_pairs(live, live.validation[0])
     assert len(sims) == 2 * 32  # 160 validation queries: two batches of 64, 32 pairs each
     assert logged == pytest.approx(float((sims - targets).abs().mean()), abs=1e-4)
+
+
+def test_documented_figures_are_small_valid_pngs():
+    figures = sorted((REPO / "docs" / "figures").glob("*.png"))
+    assert figures, "docs/results.md shows figures from docs/figures/"
+    for path in figures:
+        assert path.stat().st_size < 200 * 1024, path
+        assert_png(path)
+        assert path.name in (REPO / "docs" / "results.md").read_text(), path
