@@ -107,30 +107,6 @@ def pivot(rows: list[dict]) -> str:
     return "\n".join(out).rstrip()
 
 
-def plot_map_vs_bits(rows: list[dict], out_dir: Path, checkpoint: str) -> list[Path]:
-    """--plot: mAP against code length per method, error bars = sample std over seeds; one
-    PNG per (dataset, backbone, input size, R) setting in ``out_dir`` (utils/plots.py)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from utils import plots
-    from utils.diagnostics import map_by_bits
-    from utils.figures import DATASET_NAMES, METHOD_NAMES
-
-    settings: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        settings[(row["dataset"], row["backbone"], row["input"], row["R"])].append(row)
-    files = []
-    for (dataset, backbone, size, r), group in sorted(settings.items(), key=str):
-        data = map_by_bits([{**g, "method": METHOD_NAMES.get(g["method"], g["method"])}
-                            for g in group])
-        title = (f"{DATASET_NAMES.get(dataset, dataset)} · {backbone}"
-                 f"{f' · {size} px' if size else ''} · {checkpoint} checkpoint")
-        name = "map_vs_bits.png" if len(settings) == 1 else \
-            f"map_vs_bits_{dataset}_{backbone}_{size}_{r}.png"
-        files.append(plots.save(plots.map_vs_bits(data, title, f"mAP@{r}"), out_dir / name))
-    print("written: " + ", ".join(map(str, files)))
-    return files
-
-
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="sweep or run folders")
@@ -152,8 +128,11 @@ def main(argv: list[str] | None = None) -> str:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
-    if args.plot:
-        plot_map_vs_bits(rows, args.roots[0] / "plots", args.checkpoint)
+    if args.plot:  # mAP against code length per method (utils/figures.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from utils.figures import write_map_vs_bits
+
+        write_map_vs_bits(rows, args.roots[0] / "plots", args.checkpoint)
     return text
 
 

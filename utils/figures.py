@@ -208,3 +208,29 @@ def write_comparison_plots(runs: list[dict], outdir: str | Path) -> list[Path]:
                                 outdir / "compare_training_curves.png"))
     print(f"comparison figures written to {outdir}: " + ", ".join(f.name for f in files))
     return files
+
+
+def write_map_vs_bits(rows: list[dict], out_dir: str | Path, checkpoint: str) -> list[Path]:
+    """``summarize.py --plot``: mAP against code length per method, error bars = sample std
+    over seeds; one PNG per (dataset, backbone, input size, R) setting in ``out_dir``.
+
+    rows: summarize.py's ``load_run`` rows (method, dataset, nbit, seed, backbone, input, R, map).
+    """
+    from collections import defaultdict
+
+    from utils import plots
+
+    settings: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        settings[(row["dataset"], row["backbone"], row["input"], row["R"])].append(row)
+    files = []
+    for (dataset, backbone, size, r), group in sorted(settings.items(), key=str):
+        data = dg.map_by_bits([{**g, "method": METHOD_NAMES.get(g["method"], g["method"])}
+                               for g in group])
+        title = (f"{DATASET_NAMES.get(dataset, dataset)} · {backbone}"
+                 f"{f' · {size} px' if size else ''} · {checkpoint} checkpoint")
+        name = ("map_vs_bits.png" if len(settings) == 1 else
+                f"map_vs_bits_{dataset}_{backbone}_{size}_{r}.png")
+        files.append(plots.save(plots.map_vs_bits(data, title, f"mAP@{r}"), Path(out_dir) / name))
+    print("written: " + ", ".join(map(str, files)))
+    return files
