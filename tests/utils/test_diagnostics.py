@@ -52,12 +52,11 @@ def test_pair_histograms_equal_a_double_loop(seed, multilabel, monkeypatch):
 
 
 def test_pair_histograms_agree_with_the_engine_histograms():
-    """The engine's radius recall at r = K counts every relevant pair; at r it counts d <= r."""
+    """Relevant pairs within radius r, summed over queries, from the engine's per-query recall
+    within r (R_radius@r times the query's relevant items) = the cumulative same-class counts."""
     q, g, ql, dl = _random_case(3)
-    same, diff = dg.pair_distance_histograms(q, g, ql, dl)
+    same, _ = dg.pair_distance_histograms(q, g, ql, dl)
     total_rel = np.array([(dl == c).sum() for c in ql])
-    # precision within r (per query) needs per-query counts; the pooled check: relevant pairs
-    # with d <= r summed over queries = sum_q R_radius@r(q) * relevant(q)
     for r in range(q.shape[1] + 1):
         rows = [retrieval_report(q[i:i + 1], g, ql[i:i + 1], dl, R=1, ks=(1,), radius=r,
                                  pr_curve=False)[f"R_radius@{r}"] for i in range(len(q))]
