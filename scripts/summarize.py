@@ -2,6 +2,7 @@
 
     python scripts/summarize.py logs/multirun/<time> [--checkpoint last|best] [--out table.md]
     python scripts/summarize.py logs/results --pivot [--out table.md]
+    python scripts/summarize.py <sweep> --plot      # + <sweep>/plots/map_vs_bits.png
 
 Reads every <run>/metrics.json below the given folders (with its config.yaml) and prints a
 markdown table of mAP@R, tie-aware mAP@R and wall time per run. Std is the sample standard
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     parser.add_argument("--pivot", action="store_true",
                         help="methods x code lengths table per setting (for docs/results.md)")
+    parser.add_argument("--plot", action="store_true",
+                        help="also write mAP against code length per method (std over seeds "
+                             "as error bars) to <first folder>/plots/map_vs_bits.png")
     args = parser.parse_args(argv)
     runs = find_runs(args.roots)
     if not runs:
@@ -144,6 +148,10 @@ def main(argv: list[str] | None = None) -> str:
     print(text)
     if args.out:
         write_text(args.out, text + "\n")
+    if args.plot:  # mAP against code length per method (utils/figures.py)
+        from utils.figures import write_map_vs_bits
+
+        write_map_vs_bits(rows, args.roots[0] / "plots", args.checkpoint)
     return text
 
 

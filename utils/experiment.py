@@ -227,6 +227,12 @@ def validate(vcfg: DictConfig) -> dict[str, Any]:
         write_npz(codes_dir / f"{name}.npz", query_codes=query.numpy(),
                  database_codes=database.numpy(), query_labels=trainer.data.query.labels,
                  database_labels=trainer.data.database.labels)
+    if vcfg.get("plots"):  # PNG figures and their numbers in <logdir>/plots/ (utils/figures.py)
+        from utils.figures import write_run_plots
+
+        result["figures"] = write_run_plots(cfg, query, database, trainer.data.query.labels,
+                                            trainer.data.database.labels, name, result["epoch"],
+                                            logdir)
     print(f"{logdir} [{name}, epoch {result['epoch']}]: "
           + ", ".join(f"{k} {v:.4f}" for k, v in report.items()
                       if isinstance(v, float) and (k.startswith(("mAP", "P@", "HitRate")))))

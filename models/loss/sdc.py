@@ -101,8 +101,14 @@ class SDCLoss(nn.Module):
         self.cont = float(cont)
         self.temperature = temperature
 
-    def forward(self, features: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
-        """features (M, D), codes (M, K) -> {"loss", "rec", "quan"[, "cont"]} scalars."""
+    def calibration_pairs(self, features: torch.Tensor, codes: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two sequences the calibration term pulls together (steps 1-3 above).
+
+        features (M, D), codes (M, K) -> (s_pi(k), c_k), both (n,): the code similarities of
+        the n pairs in ascending feature-similarity order, and the ascending Beta targets.
+        Also read by the training diagnostics (utils/diagnostics.py) to show the calibration.
+        """
         m = codes.shape[0] - codes.shape[0] % 2  # an odd last row is dropped, as the reference
         if m < 2:
             raise ConfigError("SDC needs at least two rows per batch to form a pair")
@@ -115,7 +121,13 @@ class SDCLoss(nn.Module):
             order = torch.sort(feature_similarity, stable=True).indices
         code_similarity = F.cosine_similarity(v[a], v[b], dim=1, eps=1e-8)[order]
         targets = calibration_targets(len(a), self.alpha, self.beta, self.ortho_constraint)
-        targets = targets.to(device=v.device, dtype=v.dtype)
+        return code_similarity, targets.to(device=v.device, dtype=v.dtype)
+
+    def forward(self, features: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """features (M, D), codes (M, K) -> {"loss", "rec", "quan"[, "cont"]} scalars."""
+        code_similarity, targets = self.calibration_pairs(features, codes)
+        m = codes.shape[0] - codes.shape[0] % 2
+        v = codes[:m]
         gap = code_similarity - targets
         if self.rec_type == "l1":
             rec = gap.abs().mean()

@@ -181,6 +181,7 @@ class Trainer:
         val_queries, val_database = self.validation
         query = self.encode(val_queries, "encode validation")
         database = self.encode(val_database, "encode validation db")
+        self.validation_codes = (query, database)  # reused by the diagnostics of this evaluation
         report = self.retrieve(query, database, val_queries.labels, val_database.labels,
                                R=self.R, ks=(1,), radius=0, pr_curve=False)
         return report[_map_key(self.R)]
@@ -291,6 +292,9 @@ class Trainer:
         for name, value in test_row.items():
             if name != "epoch":
                 writer.add_scalar(f"eval/{name}", value, epoch)
+        from utils.diagnostics import log_diagnostics  # code diagnostics (TensorBoard diag/)
+
+        log_diagnostics(self, writer, epoch, getattr(self, "validation_codes", None))
         log.info("epoch %d: %s %.4f%s", epoch, key, metrics[key],
                  f", val {test_row[f'val_{key}']:.4f}" if self.validation else "")
         self.update_best(test_row, epoch, key)
