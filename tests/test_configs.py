@@ -86,3 +86,17 @@ def test_presets_cover_the_reference_fine_tuned_settings():
     assert {"ugh_finetune_cifar10_vgg16", "bihalf_finetune_cifar10_vgg16",
             "cibhash_finetune_cifar10_vgg16", "sdc_cifar10_vgg16",
             "sdc_simclr_cifar10_vgg16"} <= set(EXPERIMENTS)
+
+
+def test_debug_fast_preset_trims_every_split_reproducibly(tmp_path):
+    from utils import build
+    from utils.errors import ConfigError
+
+    cfg = compose(["+debug=fast", f"data_dir={tmp_path}"])
+    assert cfg.epochs == 1 and str(cfg.feature_cache).lower() in ("off", "false")
+    data, again = build.build_data(cfg), build.build_data(cfg)
+    assert data.sizes() == {"train": 512, "query": 200, "database": 512}  # 200 queries fit
+    assert list(data.train.index) == list(again.train.index)
+    assert len(set(data.train.labels.tolist())) == 10  # a random subset, not the first class
+    with pytest.raises(ConfigError, match="subset"):
+        build.build_data(compose(["subset=0", f"data_dir={tmp_path}"]))

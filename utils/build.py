@@ -137,8 +137,24 @@ def resolve_workers(value) -> int:
 
 
 def build_data(cfg: DictConfig):
-    """The dataset's train / query / database splits (datasets.base.HashingData)."""
-    return instantiate(cfg.dataset.source)
+    """The dataset's train / query / database splits (datasets.base.HashingData); with
+    ``subset: N`` (``+debug=fast``) each split keeps a seeded random N of its items."""
+    data = instantiate(cfg.dataset.source)
+    size = cfg.get("subset")
+    if size is None:
+        return data
+    if not isinstance(size, int) or size < 1:
+        raise ConfigError(f"subset must be null or a positive integer, got {size!r}")
+    parts = {}
+    for i, name in enumerate(("train", "query", "database")):
+        split = getattr(data, name)
+        if len(split) > size:
+            keep = np.random.RandomState(i).choice(len(split), size, replace=False)
+            split = split.subset(np.sort(keep))
+        parts[name] = split
+    log.info("subset=%d: train %d, query %d, database %d items (a quick try, not a result)",
+             size, *(len(parts[k]) for k in ("train", "query", "database")))
+    return type(data)(**parts)
 
 
 def split_validation(train_split, val_size: float | int, seed: int):
