@@ -306,3 +306,46 @@ def test_cli_exit_status(run, tmp_path):
                                         f"query={tmp_path / 'ok.png'}", "k=0"], tmp_path,
                   check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: k must be >= 1, got k=0"
+
+
+def test_list_file_dataset_ids_are_paths_and_the_grid_shows_them(tmp_path, capsys):
+    """A run on image files (list-file format, RGB): ids are the image paths, queries are RGB."""
+    from utils.experiment import train
+
+    rng = np.random.default_rng(0)
+    colours = [(220, 30, 30), (30, 200, 40), (40, 40, 230), (230, 230, 40)]
+    root = tmp_path / "data"
+    (root / "toy" / "img").mkdir(parents=True)
+    lines = {"train": [], "query": [], "database": []}
+    for i in range(96):
+        c = i % 4
+        pixels = np.clip(np.array(colours[c]) + rng.normal(0, 25, (20, 20, 3)), 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(root / "toy" / "img" / f"{i:03d}.png")
+        split = "query" if i < 8 else "database"
+        lines[split].append(f"toy/img/{i:03d}.png {c}")
+        if split == "database" and i < 72:
+            lines["train"].append(f"toy/img/{i:03d}.png {c}")
+    for split, rows in lines.items():
+        (root / "toy" / f"{split}.txt").write_text("\n".join(rows) + "\n")
+    cfg = compose_run(["dataset=imagenet100", "dataset.source.folder=toy",
+                       "dataset.source.query=query.txt", f"data_dir={root}", "dataset.R=10",
+                       "dataset.resize=16", "dataset.crop=16", "backbone=tiny",
+                       f"model.nbit={NBIT}", "epochs=1", "batch_size=16", "eval_interval=1"],
+                      tmp_path)
+    train(cfg)
+    logdir = tmp_path / "run"
+    EXPORT.main([f"logdir={logdir}", "progress=false"])
+    manifest = json.loads((logdir / "index" / "manifest.json").read_text())
+    assert manifest["id_kind"] == "path" and manifest["image_mode"] == "RGB"
+    database = [str(root / line.split()[0]) for line in lines["database"]]
+    assert np.load(logdir / "index" / "ids.npy").tolist() == database
+    query = root / "toy" / "img" / "050.png"  # database item 42
+    result = search_json(capsys, f"index={logdir / 'index'}", f"query={query}", "k=88",
+                         "--grid", str(tmp_path / "grid.png"))  # k = the whole database
+    hits = result["queries"][0]["results"]
+    assert hits[0]["distance"] == 0
+    assert str(query) in [h["id"] for h in hits if h["distance"] == 0]
+    assert all(h["id"] == database[h["index"]] for h in hits)
+    with Image.open(tmp_path / "grid.png") as grid:
+        cell = np.asarray(grid.convert("RGB"))[4 + 48, 4 + 100 + 48]  # centre of result 1
+    assert tuple(cell) != (200, 200, 200)  # a database image, not the missing-image placeholder
