@@ -145,9 +145,11 @@ def bench_size(n, args, rng) -> dict:
           f"ids and distances equal to IndexBinaryFlat: {same})", flush=True)
     del flat
 
-    for nlist in (args.nlist or [index_params("ivf", n)["nlist"]]):
+    auto = index_params("ivf", n)["nlist"]
+    for nlist in (args.nlist or [auto * f for f in args.nlist_factors]):
         t0 = time.perf_counter()
-        ivf = build_index(db, nbit, index_params("ivf", n, nlist=nlist, nprobe=1))
+        ivf = build_index(db, nbit, index_params("ivf", n, nlist=nlist, nprobe=1),
+                          train_per_list=args.train_per_list)
         build_s = time.perf_counter() - t0
         for nprobe in args.nprobe:
             if nprobe > nlist:
@@ -177,15 +179,14 @@ def bench_size(n, args, rng) -> dict:
         top = max(good, key=lambda r: r["qps_batch"])
         print(f"  fastest setting with kth and recall >= {GOAL_10M_RECALL}: {top['index']}, "
               f"{top['qps_batch']:.0f} q/s ({top['qps_batch'] / flat_qps:.1f}x IndexBinaryFlat),"
-              f" {top['bytes_per_code'] / (nbit / 8):.2f}x nbit/8 bytes per code")
-        if n >= 10_000_000:
-            ok = (top["qps_batch"] >= GOAL_10M_QPS
-                  and top["bytes_per_code"] <= GOAL_BYTES_RATIO * nbit / 8 + 1e-9)
-            fit = [r for r in good if r["qps_batch"] >= GOAL_10M_QPS
-                   and r["bytes_per_code"] <= GOAL_BYTES_RATIO * nbit / 8 + 1e-9]
-            print(f"  goal at 10M (recall >= {GOAL_10M_RECALL}, >= {GOAL_10M_QPS:,} q/s, <= "
-                  f"{GOAL_BYTES_RATIO}x bytes): {'met by ' + fit[0]['index'] if fit else 'NOT met'}"
-                  f"{'' if ok or fit else ''}")
+              f" {top['bytes_per_code'] / (nbit / 8):.3f}x nbit/8 bytes per code")
+    else:
+        print(f"  no approximate setting reaches kth and recall >= {GOAL_10M_RECALL}")
+    if n >= 10_000_000:
+        fast = [r for r in good if r["qps_batch"] >= GOAL_10M_QPS]
+        print(f"  goal at 10M, kth >= {GOAL_10M_RECALL} at >= {GOAL_10M_QPS:,} q/s: "
+              + (", ".join(f"met by {r['index']} ({r['bytes_per_code'] / (nbit / 8):.3f}x "
+                           f"nbit/8 bytes per code)" for r in fast) if fast else "NOT met"))
     return {"n": n, "nbit": nbit, "k": k, "queries": len(queries), "rows": rows}
 
 
@@ -194,14 +195,18 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--nbit", type=int, default=64)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--queries", type=int, default=10_000, help="batch of queries")
+    parser.add_argument("--queries", type=int, default=5_000, help="batch of queries")
     parser.add_argument("--single", type=int, default=200, help="queries timed one per call")
     parser.add_argument("--numpy-queries", type=int, default=100,
                         help="queries of the NumPy baseline (it is slow)")
     parser.add_argument("--nlist", type=int, nargs="*", default=None,
-                        help="IVF list counts (default: index_params' rule for each size)")
+                        help="IVF list counts (default: --nlist-factors x index_params' rule)")
+    parser.add_argument("--nlist-factors", type=int, nargs="+", default=[1, 4],
+                        help="IVF list counts as multiples of index_params' rule for each size")
+    parser.add_argument("--train-per-list", type=int, default=64,
+                        help="IVF k-means sample per list (faiss's default 256 takes ~4x longer)")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16, 32, 64])
-    parser.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[16, 64, 128, 256])
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--no-hnsw", action="store_true")
     parser.add_argument("--flip-log2", type=int, default=3, help="bit flip probability 2**-m")
@@ -216,14 +221,17 @@ def main(argv=None) -> list[dict]:
     if args.quick:
         args.sizes, args.queries, args.single, args.numpy_queries = [20_000], 500, 20, 20
         args.nprobe, args.ef_search, args.repeats = [4, 16], [16, 64], 1
+        args.nlist_factors = [1]
     if args.threads:
         import_faiss().omp_set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
-    results = [bench_size(n, args, rng) for n in args.sizes]
-    if args.json:
-        from utils.checkpoint import write_json
+    results = []
+    for n in args.sizes:
+        results.append(bench_size(n, args, rng))
+        if args.json:  # after every size: a long run keeps what it measured
+            from utils.checkpoint import write_json
 
-        write_json(results, args.json)
+            write_json(results, args.json)
     return results
 
 

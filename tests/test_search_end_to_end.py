@@ -287,6 +287,12 @@ def test_bad_input_is_one_sentence(run, tmp_path, capsys):
     torch.save(state, retrained / "checkpoints" / "best.pt")
     fails(capsys, SEARCH.main, [f"index={retrained / 'index'}", f"query={tmp_path / 'ok.png'}"],
           "The index was exported from other weights than")
+    moved = tmp_path / "moved_index"
+    shutil.copytree(index, moved)
+    fails(capsys, SEARCH.main, [f"index={moved}", f"query={tmp_path / 'ok.png'}"],
+          "is not inside its run directory: pass logdir=")
+    assert search_json(capsys, f"index={moved}", f"query={tmp_path / 'ok.png'}",
+                       f"logdir={run['logdir']}")["queries"][0]["results"][0]["distance"] == 0
     # export
     fails(capsys, EXPORT.main, [f"logdir={run['logdir']}", "checkpoint=mid"],
           "checkpoint must be best or last")

@@ -366,6 +366,9 @@ def search_run(index, query, k: int = 10, logdir=None, nprobe=None, ef_search=No
             raise DataError(f"{query} holds no query codes")
     else:
         run_dir = Path(logdir) if logdir is not None else store.path.resolve().parent
+        if logdir is None and not (run_dir / "config.yaml").is_file():
+            raise DataError(f"{store.path} is not inside its run directory: pass logdir=<the run "
+                            f"that exported it> (it was {man.get('run')})")
         encoder = load_encoder(run_dir, man, device, batch_size)
         paths = query_files(query) if query.is_dir() else [query]
         codes, good, bad = encode_images(encoder, paths)

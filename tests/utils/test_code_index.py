@@ -5,6 +5,7 @@ codes, (K - <b_q, b_g>) / 2) and a brute-force ranking by (distance, database in
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -140,8 +141,9 @@ def test_index_params_defaults_and_errors():
     assert index_params("ivf", 10_000_000)["nlist"] == 4096  # sqrt = 3162 -> 2**12
     assert index_params("ivf", 1000) == {"index_type": "ivf", "nlist": 25, "nprobe": 25}
     assert index_params("ivf", 10)["nlist"] == 1
-    assert index_params("hnsw", 50, ef_search=7) == {"index_type": "hnsw", "M": 32,
-                                                     "efConstruction": 40, "efSearch": 7}
+    assert index_params("hnsw", 50) == {"index_type": "hnsw", "M": 32, "efConstruction": 40,
+                                        "efSearch": 128}
+    assert index_params("hnsw", 50, ef_search=7)["efSearch"] == 7
     with pytest.raises(ConfigError, match="index_type must be one of flat, ivf, hnsw"):
         index_params("lsh", 10)
     with pytest.raises(ConfigError, match="nprobe applies to index_type=ivf, not flat"):
@@ -176,10 +178,11 @@ def test_index_folder_round_trip_and_whole_replacement(tmp_path):
     target, packed = write_small(tmp_path / "index")
     assert sorted(p.name for p in target.iterdir()) == sorted(FILES.values())
     (target / "stray.txt").write_text("left from before")
-    (tmp_path / ".index.tmp999").mkdir()  # a killed export's leftover
+    (tmp_path / ".index.tmp99999999").mkdir()  # a killed export's leftover (no such process)
+    (tmp_path / f".index.tmp{os.getppid()}").mkdir()  # a running export's folder: kept
     target, packed = write_small(tmp_path / "index", nbit=24, n=60, kind="ivf")
     assert not (target / "stray.txt").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["index"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".index.tmp{os.getppid()}", "index"]
     store = load_index_dir(target)
     assert store.nbit == 24 and len(store) == 60 and store.manifest["index_type"] == "ivf"
     np.testing.assert_array_equal(store.codes, packed)
