@@ -146,7 +146,7 @@ def bench_size(n, args, rng) -> dict:
     del flat
 
     auto = index_params("ivf", n)["nlist"]
-    for nlist in (args.nlist or [auto * f for f in args.nlist_factors]):
+    for nlist in (args.nlist or [max(1, round(auto * f)) for f in args.nlist_factors]):
         t0 = time.perf_counter()
         ivf = build_index(db, nbit, index_params("ivf", n, nlist=nlist, nprobe=1),
                           train_per_list=args.train_per_list)
@@ -201,7 +201,7 @@ def main(argv=None) -> list[dict]:
                         help="queries of the NumPy baseline (it is slow)")
     parser.add_argument("--nlist", type=int, nargs="*", default=None,
                         help="IVF list counts (default: --nlist-factors x index_params' rule)")
-    parser.add_argument("--nlist-factors", type=int, nargs="+", default=[1, 4],
+    parser.add_argument("--nlist-factors", type=float, nargs="+", default=[0.25, 1],
                         help="IVF list counts as multiples of index_params' rule for each size")
     parser.add_argument("--train-per-list", type=int, default=64,
                         help="IVF k-means sample per list (faiss's default 256 takes ~4x longer)")

@@ -130,10 +130,10 @@ def index_params(index_type: str, n: int, nlist=None, nprobe=None, M=None, ef_co
                  ef_search=None) -> dict[str, Any]:
     """Validated build and search parameters of an index over ``n`` codes, defaults filled in.
 
-    Defaults: ``nlist`` = the power of two nearest to sqrt(n) (the usual IVF rule of thumb;
-    1,024 lists at 1M codes, the issue's measured setting), at most n // 39 (faiss's k-means
-    warns below 39 training points per list) and at least 1; ``nprobe`` = 32 (the issue's
-    1M-code setting with the exact k-th distance for every query), at most nlist; ``M`` = 32
+    Defaults: ``nlist`` = the power of two nearest to 4 sqrt(n) (faiss wiki, "Guidelines to
+    choose an index": 4 sqrt(n) to 16 sqrt(n) lists; 4,096 at 1M codes, 16,384 at 10M), at most
+    n // 39 (faiss's k-means warns below 39 training points per list) and at least 1;
+    ``nprobe`` = 32 (the issue's 1M-code setting), at most nlist; ``M`` = 32
     (faiss's IndexBinaryHNSW default), ``efConstruction`` = 40 (faiss's HNSW default),
     ``efSearch`` = 128 (faiss's default is 16; scripts/bench_search.py on 1M clustered 64-bit
     codes measured k-th-distance recall 0.77 / 0.83 / 0.89 / 0.94 at efSearch 16 / 32 / 64 /
@@ -151,7 +151,7 @@ def index_params(index_type: str, n: int, nlist=None, nprobe=None, M=None, ef_co
         _positive(value, key)
     params: dict[str, Any] = {"index_type": index_type}
     if index_type == "ivf":
-        auto = 2 ** round(math.log2(max(1.0, math.sqrt(n))))
+        auto = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
         params["nlist"] = int(nlist) if nlist is not None else max(1, min(auto, n // 39))
         if params["nlist"] > n:
             raise ConfigError(f"nlist={params['nlist']} is larger than the database ({n} codes): "
