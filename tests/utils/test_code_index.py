@@ -137,9 +137,10 @@ def test_search_index_sorts_missing_results_last():
 
 def test_index_params_defaults_and_errors():
     assert index_params("flat", 100) == {"index_type": "flat"}
-    assert index_params("ivf", 1_000_000) == {"index_type": "ivf", "nlist": 4096, "nprobe": 32}
+    assert index_params("ivf", 1_000_000) == {"index_type": "ivf", "nlist": 4096, "nprobe": 16}
     assert index_params("ivf", 10_000_000)["nlist"] == 16384  # 4 sqrt = 12,649 -> 2**14
-    assert index_params("ivf", 1000) == {"index_type": "ivf", "nlist": 25, "nprobe": 25}
+    assert index_params("ivf", 1000) == {"index_type": "ivf", "nlist": 25, "nprobe": 16}
+    assert index_params("ivf", 200) == {"index_type": "ivf", "nlist": 5, "nprobe": 5}
     assert index_params("ivf", 10)["nlist"] == 1
     assert index_params("hnsw", 50) == {"index_type": "hnsw", "M": 32, "efConstruction": 40,
                                         "efSearch": 128}
