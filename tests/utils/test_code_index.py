@@ -111,7 +111,8 @@ def test_approximate_indexes_never_beat_exact_and_recall_high(kind):
     q = clustered(200, nbit, 20, seed=5)[::-1].copy()
     exact = build_index(db, nbit, index_params("flat", n))
     D_ref, _ = search_index(exact, q, k)
-    params = index_params(kind, n, nprobe=8) if kind == "ivf" else index_params(kind, n)
+    params = (index_params(kind, n, nlist=32, nprobe=8) if kind == "ivf"
+              else index_params(kind, n))
     index = build_index(db, nbit, params)
     D, I = search_index(index, q, k)
     assert (I >= 0).all()
