@@ -27,7 +27,6 @@ because the machine may be shared.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys

@@ -32,8 +32,8 @@ from utils import build
 from utils.checkpoint import load_checkpoint
 from utils.code_index import (BINARISATION, FORMAT_VERSION, INDEX_TYPES, CodeIndex, build_index,
                               check_k, faiss_dim, import_faiss, index_params, load_index_dir,
-                              model_fingerprint, pack, search_index, set_search_params,
-                              write_index_dir)
+                              model_fingerprint, now_utc, pack, search_index,
+                              set_search_params, write_index_dir)
 from utils.config import load_run_config
 from utils.errors import CheckpointError, ConfigError, DataError
 
@@ -151,7 +151,7 @@ def export_run(logdir, checkpoint: str = "best", index_type: str = "flat", nlist
         raise ConfigError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
     logdir = Path(logdir)
     cfg = _run_config(logdir, device, progress, data_dir, batch_size)
-    path, state = _checkpoint(logdir, str(checkpoint))
+    _, state = _checkpoint(logdir, str(checkpoint))
     from models.trainers.base import load_model_state
     from utils.experiment import build_trainer
 
@@ -191,19 +191,13 @@ def export_run(logdir, checkpoint: str = "best", index_type: str = "flat", nlist
         "params": params,
         "faiss_version": str(import_faiss().__version__),
         "run": str(logdir.resolve()),
-        "date": _now(),
+        "date": now_utc(),
     }
     target = write_index_dir(logdir / "index", packed, ids, np.asarray(database.labels), index,
                              manifest)
     log.info("index of %d codes (%d bits, %s) written to %s", len(packed), nbit, index_type,
              target)
     return target
-
-
-def _now() -> str:
-    from utils.code_index import now_utc
-
-    return now_utc()
 
 
 # --------------------------------------------------------------------------------------------
