@@ -15,9 +15,10 @@ distance of two packed codes (popcount of the XOR) equals the engine's ``(K - <b
 Index types (``index_type``):
 
 - ``flat``: ``faiss.IndexBinaryFlat``, exact. Its ranking is the engine's: (distance, database
-  index) ascending. faiss keeps the top k in a heap ordered by (distance, id) and scans the
-  database in index order, so among equal distances the smaller index wins; the tests check the
-  returned ids against a brute-force (distance, index) ranking, ties included.
+  index) ascending. faiss scans the database in index order and keeps, among equal distances,
+  the earlier item (its heap compares (distance, id); its counting path, ``use_heap=False``,
+  keeps the first items of each distance), so the smaller index wins; the tests check the
+  returned ids of both paths against a brute-force (distance, index) ranking, ties included.
 - ``ivf``: ``faiss.IndexBinaryIVF`` (k-means over the codes into ``nlist`` lists, a query visits
   the ``nprobe`` nearest lists): approximate, ``nbit / 8`` bytes + an 8-byte id per code.
 - ``hnsw``: ``faiss.IndexBinaryHNSW`` (a graph of ``M`` neighbours per node, ``efConstruction``

@@ -72,9 +72,12 @@ def test_flat_index_ranking_equals_engine_including_ties(nbit, levels, k):
     # distances (hence their multiset) and the ids: faiss orders ties by database index
     np.testing.assert_array_equal(D, D_ref)
     np.testing.assert_array_equal(I, I_ref)
-    # raw faiss output already has that order (search_index's re-sort is a no-op here)
-    D_raw, I_raw = index.search(pack(q), k)
-    np.testing.assert_array_equal(I_raw, I_ref)
+    # raw faiss output already has that order (search_index's re-sort is a no-op here), on
+    # its heap path and on its counting path
+    for use_heap in (True, False):
+        index.use_heap = use_heap
+        D_raw, I_raw = index.search(pack(q), k)
+        np.testing.assert_array_equal(I_raw, I_ref)
     # the case must hold tie groups that straddle the cut-off (their order decides the ids)
     dist = hamming_distance(q, db).numpy()
     assert ((dist == D_ref[:, -1:]).sum(1) > (D_ref == D_ref[:, -1:]).sum(1)).any()
