@@ -51,6 +51,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
             tmp.unlink()
 
 
+def replace_folder(finished: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Swap the folder ``finished`` (a sibling of ``target`` whose files were written with this
+    module's writers) in as ``target``; the previous ``target`` is moved aside, then deleted. A
+    process killed between the two renames leaves ``.<target>.old<pid>`` and no ``target``."""
+    import shutil
+
+    finished, target = Path(finished), Path(target)
+    old = target.with_name(f".{target.name}.old{os.getpid()}")
+    try:
+        if target.exists():
+            os.replace(target, old)
+        os.replace(finished, target)
+    except OSError as error:
+        raise UserError(f"Could not replace the folder {target} ({error.strerror or error}): "
+                        "check the disk and the folder's permissions, then run again") from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> None:
     """Delete the temporary files that a killed writer left in ``folder`` (never read)."""
     folder = Path(folder)

@@ -5,6 +5,9 @@ Every retrieval number of the project goes through this module. Conventions (des
 * **Binarisation.** Codes are real-valued ``(N, nbit)`` tensors or arrays; the binary code is
   ``b = +1 where u >= 0 else -1`` (an exact zero becomes ``+1``; ±1 codes pass through).
   Boolean codes are read as bits: ``True -> +1``, ``False -> -1``.
+* **Packed codes** are an explicit input (``packed=True, nbit=K``): ``(N, ceil(K / 8))``
+  uint8, bit j in byte ``j // 8`` at position ``7 - j % 8`` (``np.packbits``), bit 1 = +1.
+  A uint8 array passed as real-valued codes is an error (every bit would read as +1).
 * **Distance.** Hamming distance ``d(q, g) = #{j : b_q[j] != b_g[j]} = (nbit - <b_q, b_g>) / 2``,
   an integer in ``0..nbit``.
 * **Relevance.** 1-D integer labels: relevant = same class id. 2-D {0,1} multi-hot labels:
@@ -66,6 +69,7 @@ import torch
 __all__ = [
     "binarize",
     "pack_codes",
+    "unpack_bits",
     "unpack_codes",
     "hamming_distance",
     "hamming_distance_packed",
@@ -125,7 +129,16 @@ def _as_tensor(x, name: str) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
+_UNSIGNED = (torch.uint8, torch.uint16, torch.uint32, torch.uint64)
+
+
 def _check_codes(codes: torch.Tensor, name: str) -> None:
+    if codes.dtype in _UNSIGNED:  # every value >= 0 would binarise to +1: a silent wrong result
+        raise ValueError(
+            f"{name} is a {codes.dtype} array, which is read as real-valued codes where every "
+            "bit becomes +1: pass bit-packed codes with packed=True, nbit=K, or real-valued "
+            "codes as float, int8 or bool"
+        )
     if codes.ndim != 2:
         raise ValueError(f"{name} must be 2-D (N, nbit), got shape {tuple(codes.shape)}")
     if codes.is_complex():
@@ -178,17 +191,38 @@ def pack_codes(codes) -> torch.Tensor:
     return (padded.view(n, nbytes, 8) * weights).sum(dim=2, dtype=torch.uint8)
 
 
-def unpack_codes(packed, nbit: int) -> torch.Tensor:
-    """Inverse of :func:`pack_codes`: ``(N, nbytes)`` uint8 -> ``(N, nbit)`` float32 ±1."""
-    p = _as_tensor(packed, "packed")
+def unpack_bits(packed, nbit, name: str = "packed") -> torch.Tensor:
+    """Bits of packed codes (layout of :func:`pack_codes`): ``(N, nbytes)`` uint8 -> ``(N, nbit)``
+    bool, True = +1. The padding bits of the last byte are dropped."""
+    p = _as_tensor(packed, name)
     if p.dtype != torch.uint8 or p.ndim != 2:
-        raise ValueError(f"packed codes must be a 2-D uint8 array, got {p.dtype} {tuple(p.shape)}")
-    if not 0 < nbit <= 8 * p.shape[1]:
-        raise ValueError(f"nbit={nbit} does not fit in {p.shape[1]} bytes per code")
+        raise ValueError(f"{name} must be a 2-D uint8 array of packed codes, got {p.dtype} "
+                         f"{tuple(p.shape)}")
+    if isinstance(nbit, (bool, np.bool_)) or not isinstance(nbit, (int, np.integer)):
+        raise ValueError(f"packed codes need nbit=K (a positive integer), got nbit={nbit!r}")
+    if not 8 * p.shape[1] - 8 < nbit <= 8 * p.shape[1]:
+        raise ValueError(f"nbit={nbit} does not match {p.shape[1]} bytes per packed code "
+                         f"(ceil(nbit / 8) bytes per code)")
     shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=p.device)
     bits = (p.unsqueeze(2) >> shifts) & 1
-    bits = bits.reshape(p.shape[0], -1)[:, :nbit]
-    return bits.to(torch.float32) * 2 - 1
+    return bits.reshape(p.shape[0], -1)[:, : int(nbit)].bool()
+
+
+def unpack_codes(packed, nbit: int) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`: ``(N, nbytes)`` uint8 -> ``(N, nbit)`` float32 ±1."""
+    return unpack_bits(packed, nbit).to(torch.float32) * 2 - 1
+
+
+def _codes_input(codes, name: str, packed: bool, nbit):
+    """``codes`` as the engines take them: packed uint8 codes (``packed=True``) are unpacked to
+    bool bits (True = +1), which both engines read natively (1 byte per bit; the numba path
+    repacks them into uint64 words); anything else passes through unchanged."""
+    if not packed:
+        if nbit is not None:
+            raise ValueError("nbit is only read with packed=True (real-valued codes carry their "
+                             "own width)")
+        return codes
+    return unpack_bits(codes, nbit, name)
 
 
 def hamming_distance(a, b) -> torch.Tensor:
@@ -892,6 +926,8 @@ def mean_average_precision(
     zero_relevant="count",
     chunk_size=None,
     backend="auto",
+    packed=False,
+    nbit=None,
 ) -> float:
     """mAP@R over binary codes (see the module docstring for every convention).
 
@@ -908,6 +944,10 @@ def mean_average_precision(
         chunk_size: queries per chunk (default: from a memory budget; torch path only).
         backend: ``"auto"`` (default: the numba kernels for CPU inputs when numba is
             installed, else the torch engine), ``"numba"`` or ``"torch"``; same results.
+        packed, nbit: ``packed=True, nbit=K``: both code sets are ``(N, ceil(K / 8))`` uint8
+            bit-packed codes (:func:`pack_codes` / ``np.packbits`` layout, bit 1 = +1). Without
+            it a uint8 (or other unsigned) array is refused: read as real-valued codes every
+            bit would be +1.
     Returns:
         mAP@R as a Python float.
     Raises:
@@ -916,6 +956,8 @@ def mean_average_precision(
     _check_choice(ties, _TIES, "ties")
     _check_choice(zero_relevant, _ZERO_RELEVANT, "zero_relevant")
     R = _check_R(R)
+    query_codes = _codes_input(query_codes, "query_codes", packed, nbit)
+    db_codes = _codes_input(db_codes, "db_codes", packed, nbit)
     p, run = _engine(query_codes, db_codes, query_labels, db_labels, backend, chunk_size)
     Rc = _clip(R, p.n_db)
     with torch.no_grad(), torch.autocast(device_type=p.device.type, enabled=False):
@@ -943,6 +985,8 @@ def retrieval_report(
     pr_curve=True,
     chunk_size=None,
     backend="auto",
+    packed=False,
+    nbit=None,
 ) -> dict:
     """All retrieval metrics in one pass over the distances.
 
@@ -955,6 +999,7 @@ def retrieval_report(
         pr_curve: add ``pr_curve = {"radius": [0..nbit], "precision": [...], "recall": [...]}``.
         chunk_size: queries per chunk (default: from a memory budget; torch path only).
         backend: ``"auto"``, ``"numba"`` or ``"torch"``, as :func:`mean_average_precision`.
+        packed, nbit: bit-packed uint8 codes, as :func:`mean_average_precision`.
     Returns:
         A flat dict of Python floats (JSON-serialisable): ``mAP@{R}``, ``mAP_tie@{R}``,
         ``tie_group_size@{R}`` per R (R printed as the integer, or ``all`` for -1); ``P@{k}``,
@@ -970,6 +1015,8 @@ def retrieval_report(
         raise ValueError("R must hold at least one cut-off")
     ks = _check_positive_ints(ks, "ks")
     radii = _check_positive_ints(radius, "radius", allow_zero=True)
+    query_codes = _codes_input(query_codes, "query_codes", packed, nbit)
+    db_codes = _codes_input(db_codes, "db_codes", packed, nbit)
     p, run = _engine(query_codes, db_codes, query_labels, db_labels, backend, chunk_size)
     Rc = {r: _clip(r, p.n_db) for r in Rs}
     kc = {k: min(k, p.n_db) for k in ks}
