@@ -215,3 +215,12 @@ def test_every_file_writer_goes_through_the_atomic_helper():
             if needle in text:
                 offenders.append(f"{path.relative_to(REPO)}: {needle}")
     assert offenders == []
+
+
+def test_a_required_value_left_unset_is_one_sentence(tmp_path):
+    # dataset=features needs its features_size and its file: ??? in the config
+    stderr = fails(["dataset=features"], tmp_path)
+    assert stderr.startswith("error: dataset.features_size has no value") and "Traceback" not in stderr
+    stderr = fails(["dataset=features", "dataset.features_size=12"], tmp_path)
+    assert stderr.startswith("error: dataset.source.path has no value")
+    assert "dataset.source.path=<value>" in stderr and "Traceback" not in stderr

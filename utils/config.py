@@ -93,8 +93,21 @@ register_resolvers()
 
 
 def to_plain(cfg: DictConfig) -> DictConfig:
-    """Resolve every interpolation (Hydra's included) and return a detached plain config."""
-    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    """Resolve every interpolation (Hydra's included) and return a detached plain config; a
+    required value left unset (``???``) is one ConfigError naming the key to set."""
+    import re
+
+    from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+
+    try:
+        return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as error:
+        match = re.search(r"Missing mandatory value: ([\w.]+)", str(error))
+        interpolated = isinstance(error, InterpolationToMissingValueError) and match
+        key = match.group(1) if interpolated else error.full_key  # the key that is ??? itself
+        raise ConfigError(f"{key} has no value (??? in its config file): set it on the command "
+                          f"line, e.g. {key}=<value> (the config's comments say what it "
+                          "needs)") from None
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
