@@ -199,7 +199,7 @@ def prepare_imagenet100(source, out, classes=None, reference_lists=None, train_p
     source, out = Path(source), Path(out)
     class_file = Path(classes) if classes is not None else IMAGENET100_CLASSES
     wnids = read_class_list(class_file)
-    expected = f"<source>/train/<wnid>/*.JPEG and <source>/val/<wnid>/*.JPEG (the ImageNet-1k class-folder layout of torchvision's ImageNet and ImageFolder)"
+    expected = "<source>/train/<wnid>/*.JPEG and <source>/val/<wnid>/*.JPEG (the ImageNet-1k class-folder layout of torchvision's ImageNet and ImageFolder)"
     if not ((source / "train").is_dir() and (source / "val").is_dir()):
         raise DataError(f"{source} is not an ImageNet-1k folder: expected {expected}.")
     for part in ("train", "val"):
