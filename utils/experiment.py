@@ -172,6 +172,18 @@ def print_metrics(metrics: dict, logdir: Path) -> None:
     print("\n".join(lines))
 
 
+def run_checkpoint(logdir: Path, name: str) -> tuple[Path, dict]:
+    """``<logdir>/checkpoints/<name>.pt`` (name: best | last), loaded; one sentence when the
+    name is wrong or no evaluation chose a best model yet."""
+    if name not in ("best", "last"):
+        raise UserError(f"checkpoint must be best or last, got {name!r}")
+    path = Path(logdir) / "checkpoints" / f"{name}.pt"
+    if name == "best" and not path.exists() and (path.parent / "last.pt").exists():
+        raise CheckpointError(f"{path} does not exist (no evaluation chose a best model yet): "
+                              "pass checkpoint=last")
+    return path, load_checkpoint(path)
+
+
 def validate(vcfg: DictConfig) -> dict[str, Any]:
     """val.py: rebuild a run from its directory, load a checkpoint, recompute the metrics."""
     logdir = Path(vcfg.logdir)
@@ -203,13 +215,7 @@ def validate(vcfg: DictConfig) -> dict[str, Any]:
             cfg.radius = int(vcfg.radius)
         cfg.device = vcfg.device
     name = str(vcfg.checkpoint)
-    if name not in ("best", "last"):
-        raise UserError(f"checkpoint must be best or last, got {name!r}")
-    path = logdir / "checkpoints" / f"{name}.pt"
-    if name == "best" and not path.exists() and (logdir / "checkpoints" / "last.pt").exists():
-        raise CheckpointError(f"{path} does not exist (no evaluation chose a best model yet): "
-                              "pass checkpoint=last")
-    state = load_checkpoint(path)
+    _, state = run_checkpoint(logdir, name)
     trainer = build_trainer(cfg, logdir)
     from models.trainers.base import load_model_state
 

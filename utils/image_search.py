@@ -29,13 +29,13 @@ from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
 from utils import build
-from utils.checkpoint import load_checkpoint
 from utils.code_index import (BINARISATION, FORMAT_VERSION, INDEX_TYPES, CodeIndex, build_index,
                               check_k, faiss_dim, import_faiss, index_params, load_index_dir,
                               model_fingerprint, now_utc, pack, search_index,
                               set_search_params, write_index_dir)
 from utils.config import load_run_config
 from utils.errors import CheckpointError, ConfigError, DataError
+from utils.experiment import run_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +109,6 @@ def _run_config(logdir: Path, device: str, progress: bool, data_dir=None, batch_
     return cfg
 
 
-def _checkpoint(logdir: Path, name: str) -> tuple[Path, dict]:
-    """``checkpoints/<name>.pt`` of the run, loaded, with val.py's rules and messages."""
-    if name not in ("best", "last"):
-        raise ConfigError(f"checkpoint must be best or last, got {name!r}")
-    path = logdir / "checkpoints" / f"{name}.pt"
-    if name == "best" and not path.exists() and (logdir / "checkpoints" / "last.pt").exists():
-        raise CheckpointError(f"{path} does not exist (no evaluation chose a best model yet): "
-                              "pass checkpoint=last")
-    return path, load_checkpoint(path)
-
-
 def item_ids(split) -> tuple[np.ndarray, str]:
     """Ids of a split's items: image paths where it has them, else positions in the split."""
     from datasets.base import FileImageSplit
@@ -151,7 +140,7 @@ def export_run(logdir, checkpoint: str = "best", index_type: str = "flat", nlist
         raise ConfigError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
     logdir = Path(logdir)
     cfg = _run_config(logdir, device, progress, data_dir, batch_size)
-    _, state = _checkpoint(logdir, str(checkpoint))
+    _, state = run_checkpoint(logdir, str(checkpoint))
     from models.trainers.base import load_model_state
     from utils.experiment import build_trainer
 
@@ -227,7 +216,7 @@ def load_encoder(run_dir: Path, manifest: dict[str, Any], device: str = "auto",
                               f"{manifest['nbit']} bits but the run {run_dir} is "
                               f"{cfg.model.name} with {cfg.model.nbit} bits: pass that run's own "
                               "index, or export one with python scripts/export.py logdir=<run>")
-    _, state = _checkpoint(run_dir, str(manifest["checkpoint"]))
+    _, state = run_checkpoint(run_dir, str(manifest["checkpoint"]))
     if model_fingerprint(state["model"]) != manifest["model_fingerprint"]:
         raise CheckpointError(f"The index was exported from other weights than "
                               f"{run_dir}/checkpoints/{manifest['checkpoint']}.pt (retrained or "
