@@ -16,8 +16,8 @@ Dataset item (design.md §4): ``(image, label, index)`` where
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ class ImageSplit(torch.utils.data.Dataset):
         """The raw item ``i``: a PIL image (RGB or L), or a ``(D,)`` float32 tensor for features."""
         raise NotImplementedError
 
-    def subset(self, indices) -> "ImageSplit":
+    def subset(self, indices) -> ImageSplit:
         """A split of the same kind holding items ``indices`` (in that order)."""
         raise NotImplementedError
 
@@ -96,7 +96,7 @@ class ArrayImageSplit(ImageSplit):
     def load(self, i: int) -> Image.Image:
         return Image.fromarray(self.images[self.index[i]])
 
-    def subset(self, indices) -> "ArrayImageSplit":
+    def subset(self, indices) -> ArrayImageSplit:
         indices = np.asarray(indices, dtype=np.int64)
         return ArrayImageSplit(self.images, self.labels[indices], self.index[indices])
 
@@ -130,7 +130,7 @@ class FileImageSplit(ImageSplit):
                 "replace the file or remove it from the dataset."
             ) from err
 
-    def subset(self, indices) -> "FileImageSplit":
+    def subset(self, indices) -> FileImageSplit:
         indices = np.asarray(indices, dtype=np.int64)
         return FileImageSplit(self.paths[indices], self.labels[indices], self.mode)
 
@@ -157,7 +157,7 @@ class FeatureSplit(ImageSplit):
     def load(self, i: int) -> torch.Tensor:
         return torch.from_numpy(self.features[i].copy())
 
-    def subset(self, indices) -> "FeatureSplit":
+    def subset(self, indices) -> FeatureSplit:
         indices = np.asarray(indices, dtype=np.int64)
         return FeatureSplit(self.features[indices], self.labels[indices])
 

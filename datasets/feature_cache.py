@@ -43,8 +43,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,12 +55,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datasets.base import (ArrayImageSplit, FeatureSplit, FileImageSplit, HashingData, ImageSplit,
-                           is_feature_split)
+from datasets.base import (
+    ArrayImageSplit,
+    FeatureSplit,
+    FileImageSplit,
+    HashingData,
+    ImageSplit,
+    is_feature_split,
+)
 from datasets.transforms import EvalTransform, NoAugmentation
 from utils.build import resolve_workers
-from utils.config import progress_bars
 from utils.checkpoint import remove_stale_temporaries, write_npy, write_npz, write_text
+from utils.config import progress_bars
 from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -295,7 +302,7 @@ class CachedSplit(ImageSplit):
         return {kind: torch.from_numpy(np.asarray(array[..., i, :], dtype=np.float32))
                 for kind, array in self.features.items()}
 
-    def subset(self, indices) -> "CachedSplit":
+    def subset(self, indices) -> CachedSplit:
         indices = np.asarray(indices, dtype=np.int64)
         return CachedSplit({k: np.take(a, indices, axis=-2) for k, a in self.features.items()},
                            self.labels[indices])

@@ -97,6 +97,6 @@ def list_file_splits(
         splits[key] = (file, FileImageSplit([image_root / p for p in paths], labels))
     shapes = {key: split.labels.shape[1:] for key, (_, split) in splits.items()}
     if len(set(shapes.values())) > 1:
-        described = ", ".join(f"{file} has {'%d-hot' % s[0] if s else 'single'} labels" for (file, _), s in zip(splits.values(), shapes.values()))
+        described = ", ".join(f"{file} has {f'{s[0]}-hot' if s else 'single'} labels" for (file, _), s in zip(splits.values(), shapes.values()))
         raise DataError(f"The list files disagree on the label format ({described}): use one format for all splits.")
     return HashingData(splits["train"][1], splits["query"][1], splits["database"][1], split_indices=None)

@@ -16,7 +16,7 @@ step is then left out. Feature splits skip transforms altogether anyway.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image, ImageFilter

@@ -250,7 +250,8 @@ def case_bits(args, sizes):
     res = {}
     for nbit in (16, 32, 64, 128, 24):
         q, d, ql, dl = single_label_data(n_q, n_db, nbit, 10, seed=nbit)
-        t, c, m = best_of(lambda: mean_average_precision(q, d, ql, dl, R=1000), args.repeats)
+        t, c, m = best_of(lambda q=q, d=d, ql=ql, dl=dl: mean_average_precision(q, d, ql, dl, R=1000),
+                          args.repeats)
         mt = mean_average_precision(q, d, ql, dl, R=1000, ties="average")
         _line(f"    nbit {nbit:3d}: {_t(t, c)}   mAP@1000 = {m:.6f}   tie-aware mAP@1000 = "
               f"{mt:.6f}")

@@ -42,8 +42,14 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from utils.code_index import (build_index, import_faiss, index_bytes, index_params,  # noqa: E402
-                              popcount, search_index)
+from utils.code_index import (  # noqa: E402
+    build_index,
+    import_faiss,
+    index_bytes,
+    index_params,
+    popcount,
+    search_index,
+)
 
 GOAL_10M_RECALL = 0.99
 GOAL_10M_QPS = 20_000

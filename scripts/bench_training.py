@@ -27,9 +27,11 @@ sys.path.insert(0, str(REPO))
 
 
 def compose(overrides: list[str]):
-    import utils.config  # noqa: F401  (resolvers)
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from omegaconf import open_dict
+
+    import utils.config  # noqa: F401  (resolvers)
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)

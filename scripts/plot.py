@@ -26,9 +26,10 @@ from utils.errors import UserError  # noqa: E402
 
 def val_config(run: Path, checkpoint: str, data_dir: str | None):
     """The val.py config for ``run`` with plots on (composed from configs/val.yaml)."""
-    import utils.config  # noqa: F401  (resolvers)
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
+
+    import utils.config  # noqa: F401  (resolvers)
 
     overrides = [f"logdir={run}", f"checkpoint={checkpoint}", "plots=true", "progress=false"]
     if data_dir:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,8 +24,10 @@ def pytest_configure(config):
 
 def compose(overrides: list[str] | None = None, config_name: str = "train"):
     """Compose a config exactly as main_v2.py would, without running it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
     import utils.config  # noqa: F401  (resolvers)
-    from hydra import compose as hydra_compose, initialize_config_dir
 
     overrides = list(overrides or [])
     if config_name == "train" and not any(o.startswith("data_dir=") for o in overrides):

@@ -340,7 +340,7 @@ def load_index_dir(path: str | os.PathLike) -> CodeIndex:
 
 
 def now_utc() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def check_k(k, n: int) -> int:

@@ -19,9 +19,10 @@ its index are.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,10 +30,24 @@ from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
 from utils import build
-from utils.code_index import (BINARISATION, FORMAT_VERSION, INDEX_TYPES, CodeIndex, build_index,
-                              check_k, faiss_dim, import_faiss, index_params, load_index_dir,
-                              model_fingerprint, now_utc, pack, search_index,
-                              set_search_params, write_index_dir)
+from utils.code_index import (
+    BINARISATION,
+    FORMAT_VERSION,
+    INDEX_TYPES,
+    CodeIndex,
+    build_index,
+    check_k,
+    faiss_dim,
+    import_faiss,
+    index_params,
+    load_index_dir,
+    model_fingerprint,
+    now_utc,
+    pack,
+    search_index,
+    set_search_params,
+    write_index_dir,
+)
 from utils.config import load_run_config
 from utils.errors import CheckpointError, ConfigError, DataError
 from utils.experiment import run_checkpoint

@@ -9,8 +9,8 @@ and is sized for a paper: one column is ``COLUMN`` inches wide, a full text widt
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 

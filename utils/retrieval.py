@@ -60,8 +60,8 @@ when numba is missing, use the torch engine (``backend="torch"`` forces it).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import torch

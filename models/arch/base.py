@@ -57,7 +57,7 @@ class HashModel(nn.Module):
             self.backbone.requires_grad_(False)
             self.backbone.eval()
 
-    def train(self, mode: bool = True) -> "HashModel":
+    def train(self, mode: bool = True) -> HashModel:
         super().train(mode)
         if self.frozen_backbone:
             self.backbone.eval()

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import ResNet50_Weights, VGG16_Weights, ViT_B_16_Weights, resnet50, vgg16, vit_b_16
+from torchvision.models import (
+    ResNet50_Weights,
+    VGG16_Weights,
+    ViT_B_16_Weights,
+    resnet50,
+    vgg16,
+    vit_b_16,
+)
 
 from models.backbone.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, ImageNormalize
 from models.backbone.pretrained import load_torchvision_state_dict
@@ -69,7 +76,7 @@ class ResNet50(Backbone):
         if set_eval_mode:
             self.net.eval()
 
-    def train(self, mode: bool = True) -> "ResNet50":
+    def train(self, mode: bool = True) -> ResNet50:
         super().train(mode)
         if self.set_eval_mode:
             self.net.eval()

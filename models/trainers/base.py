@@ -24,8 +24,13 @@ from tqdm import tqdm
 
 from datasets.base import TransformedSplit, is_feature_split
 from utils.build import resolve_workers, split_validation
-from utils.checkpoint import (load_checkpoint, read_json, remove_stale_temporaries,
-                              save_checkpoint, write_json)
+from utils.checkpoint import (
+    load_checkpoint,
+    read_json,
+    remove_stale_temporaries,
+    save_checkpoint,
+    write_json,
+)
 from utils.config import progress_bars
 from utils.errors import CheckpointError, ConfigError, TrainingError
 from utils.retrieval import retrieval_report

@@ -8,7 +8,13 @@ import torch
 import torchvision
 from PIL import Image
 
-from datasets.cifar import CIFAR10_CLASSES, cifar10_splits, has_image_folders, read_image_folder_pool, read_python_batches_pool
+from datasets.cifar import (
+    CIFAR10_CLASSES,
+    cifar10_splits,
+    has_image_folders,
+    read_image_folder_pool,
+    read_python_batches_pool,
+)
 from utils.errors import DataError
 
 from dataset_test_utils import extract_shared_cifar, write_image  # isort: skip  (tests/datasets is on sys.path)

@@ -259,12 +259,12 @@ def test_closed_form_fits_on_eval_transform_features(tmp_path, calls):
 @pytest.mark.data
 def test_shared_cifar10_few_hundred_images(tmp_path_factory, tmp_path, calls):
     from dataset_test_utils import extract_shared_cifar
+    from omegaconf import open_dict
 
     from conftest import compose
     from datasets.base import HashingData
     from datasets.cifar import read_image_folder_pool
     from utils import build as builders
-    from omegaconf import open_dict
 
     gen = extract_shared_cifar(tmp_path_factory)
     root = next(gen)

@@ -8,7 +8,14 @@ from torch.utils.data import DataLoader
 
 from datasets.base import TransformedSplit
 from datasets.digits import digits_splits
-from datasets.transforms import MoCoV2Views, NoAugmentation, PILGaussianBlur, SimCLRViews, TwoViews, eval_transform
+from datasets.transforms import (
+    MoCoV2Views,
+    NoAugmentation,
+    PILGaussianBlur,
+    SimCLRViews,
+    TwoViews,
+    eval_transform,
+)
 from utils.errors import ConfigError
 
 

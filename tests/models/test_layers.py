@@ -8,7 +8,6 @@ from models.layers.bihalf import BiHalf, BiHalfFunction, bihalf, bihalf_codes
 from models.layers.sign import SignSTE, sign_ste
 from utils.errors import ConfigError
 
-
 # ---------------------------------------------------------------- sign, straight-through
 
 def test_sign_forward_uses_torch_semantics_with_zero():

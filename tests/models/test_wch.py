@@ -8,8 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import compose
-from models.arch.wch import (WCHHead, cross_attention, mean_max_cosine, sign_straight_through,
-                             weight_matrix)
+from models.arch.wch import (
+    WCHHead,
+    cross_attention,
+    mean_max_cosine,
+    sign_straight_through,
+    weight_matrix,
+)
 from models.loss.wch import WCHLoss
 from utils.errors import ConfigError
 

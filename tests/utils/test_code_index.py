@@ -13,9 +13,18 @@ import torch
 
 faiss = pytest.importorskip("faiss", reason="faiss-cpu is not installed (requirements.txt)")
 
-from utils.code_index import (FILES, build_index, check_k, faiss_dim, index_params,  # noqa: E402
-                              load_index_dir, pack, popcount_distances, search_index,
-                              write_index_dir)
+from utils.code_index import (  # noqa: E402
+    FILES,
+    build_index,
+    check_k,
+    faiss_dim,
+    index_params,
+    load_index_dir,
+    pack,
+    popcount_distances,
+    search_index,
+    write_index_dir,
+)
 from utils.errors import ConfigError, DataError  # noqa: E402
 from utils.retrieval import binarize, hamming_distance, pack_codes  # noqa: E402
 

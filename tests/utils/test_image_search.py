@@ -7,8 +7,7 @@ from PIL import Image
 
 from datasets.base import ArrayImageSplit, FeatureSplit, FileImageSplit
 from utils.errors import ConfigError, DataError
-from utils.image_search import (image_mode, item_ids, load_query_codes, parse_settings,
-                                query_files)
+from utils.image_search import image_mode, item_ids, load_query_codes, parse_settings, query_files
 
 SPEC = {"index": (str, ...), "k": (int, 10), "progress": (bool, True), "nprobe": (int, None)}
 

@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from utils.retrieval import (mean_average_precision, pack_codes, retrieval_report, unpack_bits,
-                             unpack_codes)
+from utils.retrieval import (
+    mean_average_precision,
+    pack_codes,
+    retrieval_report,
+    unpack_bits,
+    unpack_codes,
+)
 
 BACKENDS = ["torch", "numba", "auto"]
 
