@@ -65,7 +65,13 @@ from datasets.base import (
 )
 from datasets.transforms import EvalTransform, NoAugmentation
 from utils.build import resolve_workers
-from utils.checkpoint import remove_stale_temporaries, write_npy, write_npz, write_text
+from utils.checkpoint import (
+    remove_stale_temporaries,
+    state_fingerprint,
+    write_npy,
+    write_npz,
+    write_text,
+)
 from utils.config import progress_bars
 from utils.errors import ConfigError, DataError
 
@@ -124,12 +130,7 @@ def split_fingerprint(split: ImageSplit) -> str:
 
 def weights_fingerprint(module: nn.Module) -> str:
     """SHA-256 over the names, shapes, dtypes and values of the whole state_dict."""
-    h = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        h.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return h.hexdigest()
+    return state_fingerprint(module.state_dict())
 
 
 def cache_key(parts: dict) -> str:
@@ -206,27 +207,24 @@ def extract(split: ImageSplit, backbone: nn.Module, transform: Callable, path: P
     one; the next holder resumes from its finished shards.
     """
     features = load_entry(path, parts)
-    partial = path.with_name(path.name + ".partial")
-    if features is not None:
-        if partial.exists():  # killed between the final rename and the clean-up
-            shutil.rmtree(partial, ignore_errors=True)
-        return features
-    lock = FileLock(str(path) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("feature cache: another process is extracting %s; waiting for it", path.name)
-        lock.acquire()
-    try:
-        features = load_entry(path, parts)  # finished by the process we waited for
-        if features is None:
-            features = _extract_locked(split, backbone, transform, path, parts, device,
+    if features is None:
+        lock = FileLock(str(path) + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("feature cache: another process is extracting %s; waiting for it", path.name)
+            lock.acquire()
+        try:
+            features = load_entry(path, parts)  # finished by the process we waited for
+            if features is None:
+                return _extract_locked(split, backbone, transform, path, parts, device,
                                        batch_size, num_workers, view_seed, progress, desc)
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
-        return features
-    finally:
-        lock.release()
+        finally:
+            lock.release()
+    partial = path.with_name(path.name + ".partial")
+    if partial.exists():  # killed between the final rename and the clean-up
+        shutil.rmtree(partial, ignore_errors=True)
+    return features
 
 
 def _extract_locked(split: ImageSplit, backbone: nn.Module, transform: Callable, path: Path,

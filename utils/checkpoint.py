@@ -101,6 +101,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+def state_fingerprint(state) -> str:
+    """SHA-256 (hex) over the names, shapes, dtypes and values of a state dict's tensors, in the
+    mapping's order (the feature-cache key; the search index's model check sorts first)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in state.items():
+        tensor = tensor.detach().cpu().contiguous()
+        h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 

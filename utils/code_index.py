@@ -35,7 +35,6 @@ database positions (int64); ``labels.npy`` (N,) or (N, C); ``faiss.index``; ``ma
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import math
@@ -48,7 +47,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.checkpoint import replace_folder, write_bytes, write_npy, write_text
+from utils.checkpoint import (
+    replace_folder,
+    state_fingerprint,
+    write_bytes,
+    write_npy,
+    write_text,
+)
 from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -86,10 +91,9 @@ def import_faiss():
 
 def pack(codes) -> np.ndarray:
     """Real-valued codes ``(N, nbit)`` -> packed ``(N, ceil(nbit / 8))`` uint8 (see module doc)."""
-    from utils.retrieval import binarize
+    from utils.retrieval import pack_codes
 
-    bits = (binarize(codes) > 0).cpu().numpy()
-    return np.packbits(bits, axis=1)
+    return pack_codes(codes).cpu().numpy()
 
 
 def faiss_dim(nbit: int) -> int:
@@ -233,12 +237,7 @@ def index_bytes(index) -> int:
 
 def model_fingerprint(state: dict[str, torch.Tensor]) -> str:
     """SHA-256 (20 hex digits) of a checkpoint's model tensors: names, shapes, dtypes, values."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return h.hexdigest()[:20]
+    return state_fingerprint(dict(sorted(state.items())))[:20]
 
 
 def write_index_dir(target: Path, packed: np.ndarray, ids: np.ndarray, labels: np.ndarray, index,

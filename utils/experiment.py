@@ -253,9 +253,7 @@ def _replace_prefix(node: Any, old: str, new: str) -> Any:
         return {k: _replace_prefix(v, old, new) for k, v in node.items()}
     if isinstance(node, list):
         return [_replace_prefix(v, old, new) for v in node]
-    old = old.rstrip("/") or "/"
-    if isinstance(node, str) and node == old:
-        return new
-    if isinstance(node, str) and node.startswith(old.rstrip("/") + "/"):
-        return new.rstrip("/") + "/" + node[len(old.rstrip("/")) + 1:]
+    old, new = old.rstrip("/"), new.rstrip("/")
+    if isinstance(node, str) and (node == old or node.startswith(old + "/")):
+        return new + node[len(old):]
     return node

@@ -1,8 +1,8 @@
 """Seeding. Each epoch reseeds from (seed, epoch), so a resumed run replays the same random
 numbers as an uninterrupted one without storing generator states.
 
-Any Python integer is a valid seed (negative, or above 2**32 / 2**64): two different seeds never
-share their random numbers. Parts in [0, 2**32) feed numpy's SeedSequence as they are (the values
+Any Python integer is a valid seed (negative, or above 2**32 / 2**64), and seeds that differ by
+a multiple of 2**32 no longer share their random numbers. Parts in [0, 2**32) feed numpy's SeedSequence as they are (the values
 of every earlier run are unchanged); a tuple with any other part is hashed first (SHA-256, a
 256-bit entropy), because SeedSequence would split a large integer into 32-bit words and so map
 ``(s + 2**32 * e,)`` and ``(s, e)`` to the same entropy, and a mask to 32 bits would map s and

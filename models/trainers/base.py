@@ -211,7 +211,7 @@ class Trainer:
         killed before its first checkpoint (e.g. during feature extraction) starts at epoch 0."""
         path = Path(logdir) / "checkpoints" / "last.pt"
         if not path.exists():
-            if (self.logdir / "metrics.json").exists():
+            if (Path(logdir) / "metrics.json").exists():
                 raise CheckpointError(f"{logdir} is a finished run but {path} is missing: "
                                       "restore it, or start a new run (nothing was changed)")
             log.warning("%s has no checkpoint yet (stopped during its first epoch): training "
@@ -219,9 +219,6 @@ class Trainer:
             self.train_history, self.test_history = [], []
             return
         state = load_checkpoint(path, self.device)
-        if int(state["epoch"]) > self.epochs:
-            raise ConfigError(f"epochs={self.epochs} is below the {state['epoch']} epochs that "
-                              f"{path} has already trained: pass epochs >= {state['epoch']}")
         load_model_state(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
