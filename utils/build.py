@@ -104,11 +104,12 @@ def choose_threads(setting, head_only: bool) -> tuple[int, str]:
     """Intra-op threads for torch (the numba retrieval kernels follow torch's count) and why.
 
     An explicit ``threads=N`` always wins. ``auto``: one thread when only a hashing head trains
-    (cached features, a feature dataset: small matrix products that lose more to thread
-    hand-offs than they gain, and lose badly on a busy machine: SDC on digits, 20 epochs, took
-    8.5 s with 1 thread vs 8.8 s with 2 on a quiet 2-core machine, 28.5 s vs 138.6 s beside two
-    busy processes), else every core this job may use: the cores divided among the parallel
-    jobs of a joblib sweep, and never more than an OMP_NUM_THREADS set by the user.
+    (cached features, a feature dataset: small matrix products that gain nothing from a second
+    thread and lose badly on a busy machine: SDC on digits, 20 epochs, 5.3 s with 1 thread vs
+    5.4 s with 2 on a quiet 2-core machine, 14.0 s vs 37.8 s beside two busy processes;
+    docs/scaling.md, scripts/bench_threads.py), else every core this job may use: the cores
+    divided among the parallel jobs of a joblib sweep, and never more than an OMP_NUM_THREADS
+    set by the user.
     """
     if setting not in (None, "auto"):
         try:
