@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 import utils.config  # noqa: F401  (registers the safe resolvers)
-from utils.experiment import exit_on_user_error, validate
+from utils.compose.experiment import exit_on_user_error, validate
 
 
 @hydra.main(config_path="configs", config_name="val", version_base=None)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 
 
 class ImageSplit(torch.utils.data.Dataset):
@@ -219,3 +219,22 @@ class TransformedSplit(torch.utils.data.Dataset):
             if isinstance(item, tuple):
                 item = list(item)
         return item, self.split.label(i), i
+
+
+def split_validation(train_split, val_size: float | int, seed: int):
+    """Carve a labelled validation set out of the training split for model selection.
+
+    Returns (val_queries, val_database) or None when val_size == 0. The validation queries are a
+    seeded random subset of the training split (val_size: a fraction < 1 or a count); their
+    database is the rest of the training split. Training still uses the whole training split:
+    the methods are unsupervised, and these labels are only used to choose the checkpoint.
+    """
+    n = len(train_split)
+    count = int(round(val_size * n)) if 0 < val_size < 1 else int(val_size)
+    if count <= 0:
+        return None
+    if count >= n:
+        raise ConfigError(f"val_size={val_size} leaves no validation database out of {n} "
+                          "training items: use a smaller val_size")
+    order = np.random.RandomState(seed % 2**32).permutation(n)
+    return train_split.subset(np.sort(order[:count])), train_split.subset(np.sort(order[count:]))

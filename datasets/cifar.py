@@ -260,5 +260,6 @@ def cifar10_splits(root, protocol="standard", split_seed: int = 42, download: bo
         query=pool.subset(split["query"]),
         database=pool.subset(split["database"]),
         split_indices=split,
+        classes=list(classes),
     )
 

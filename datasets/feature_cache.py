@@ -3,7 +3,7 @@
 When the backbone is frozen and deterministic (eval mode, no dropout or drop-connect), every
 forward of an image through it gives the same vector, so the engine may compute the features
 of the training, query and database images once, keep them on disk, and train the hashing head
-from them. :func:`apply_feature_cache` (called by ``utils.experiment.build_trainer``, so that
+from them. :func:`apply_feature_cache` (called by ``utils.compose.experiment.build_trainer``, so that
 main_v2.py and val.py see the same features) swaps the splits, the transforms and the backbone
 before the trainer is built; no method's code changes.
 
@@ -64,7 +64,6 @@ from datasets.base import (
     is_feature_split,
 )
 from datasets.transforms import EvalTransform, NoAugmentation
-from utils.build import resolve_workers
 from utils.checkpoint import (
     remove_stale_temporaries,
     state_fingerprint,
@@ -74,6 +73,7 @@ from utils.checkpoint import (
 )
 from utils.config import progress_bars
 from utils.errors import ConfigError, DataError
+from utils.resources import resolve_workers
 
 log = logging.getLogger(__name__)
 

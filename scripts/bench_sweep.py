@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scripts.bench_training import run_in_scratch  # noqa: E402
-from utils.build import available_cores  # noqa: E402
+from utils.resources import available_cores  # noqa: E402
 
 
 def sweep(folder: Path, launcher: list[str], overrides: list[str]) -> tuple[float, dict]:

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from utils.build import available_cores  # noqa: E402
+from utils.resources import available_cores  # noqa: E402
 
 BUSY = "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
 

@@ -59,8 +59,8 @@ def time_batches(trainer, optimizer, max_batches: int | None) -> tuple[float, in
 
 
 def bench(overrides: list[str], logdir: Path, live_batches: int, cached_epochs: int) -> dict:
-    from utils import build
-    from utils.experiment import build_trainer
+    from utils.compose import build
+    from utils.compose.experiment import build_trainer
 
     results: dict = {}
     # live frozen backbone
@@ -112,7 +112,7 @@ def run_in_scratch(logdir: str | None, run):
     one sentence on stderr and exit status 2, as main_v2.py does."""
     import tempfile
 
-    from utils.build import user_error_in
+    from utils.compose.build import user_error_in
 
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -33,7 +33,7 @@ from scripts.bench_training import compose, run_in_scratch  # noqa: E402
 
 def train_head(trainer, cfg) -> float:
     """Run the engine's epochs (no evaluation, no checkpoints); returns the seconds spent."""
-    from utils import build
+    from utils.compose import build
 
     trainer.optimizer = build.build_optimizer(cfg, trainer.model)
     trainer.scheduler = build.build_scheduler(cfg, trainer.optimizer)
@@ -51,7 +51,7 @@ def scores(trainer) -> tuple[float, float]:
 
 def bench(overrides: list[str], logdir: Path, views: list[int], live: bool) -> list[dict]:
     from models.trainers.base import load_model_state
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     rows: list[dict] = []
 

@@ -44,7 +44,7 @@ def val_config(run: Path, checkpoint: str, data_dir: str | None):
 def figure_data(run: Path, checkpoint: str, recompute: bool, data_dir: str | None) -> dict:
     """The run's figure data: from plots/figure_data_<ckpt>.json when it is up to date, else
     by evaluating the checkpoint (which writes the run's own figures too)."""
-    from utils.experiment import validate
+    from utils.compose.experiment import validate
 
     cached = run / "plots" / f"figure_data_{checkpoint}.json"
     weights = run / "checkpoints" / f"{checkpoint}.pt"
@@ -80,6 +80,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    from utils.experiment import exit_on_user_error
+    from utils.compose.experiment import exit_on_user_error
 
     exit_on_user_error(main)()

@@ -3,7 +3,7 @@
     python scripts/search.py index=<run>/index query=<image | folder | codes.npz> [k=10]
         [nprobe=N | efSearch=N] [logdir=<run>] [device=auto] [--json] [--grid out.png]
 
-Query images go through the run's eval transform, backbone and head (utils/image_search.py).
+Query images go through the run's eval transform, backbone and head (utils/compose/search.py).
 A codes .npz holds 'codes' (Q, nbit) real-valued (val.py's 'query_codes' works too) or 'packed'
 (Q, nbit/8) uint8. Results are sorted by (Hamming distance, database index). A folder with
 unreadable files searches the readable ones and lists the others.
@@ -25,8 +25,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import utils.config  # noqa: E402,F401  (registers the safe resolvers used by run configs)
-from utils.experiment import exit_on_user_error  # noqa: E402
-from utils.image_search import parse_settings, save_grid, search_run  # noqa: E402
+from utils.compose.experiment import exit_on_user_error  # noqa: E402
+from utils.compose.search import parse_settings, save_grid, search_run  # noqa: E402
 
 SETTINGS = {  # key: (type, default); ... = required
     "index": (str, ...), "query": (str, ...), "k": (int, 10), "nprobe": (int, None),

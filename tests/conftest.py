@@ -59,7 +59,7 @@ def repo() -> Path:
 
 
 def compose_run(overrides: list[str], tmp_path: Path, name: str = "run"):
-    """A composed training config ready for utils.experiment.train, writing under tmp_path."""
+    """A composed training config ready for utils.compose.experiment.train, writing under tmp_path."""
     from omegaconf import open_dict
 
     cfg = compose([f"logdir={tmp_path / name}", f"data_dir={tmp_path / 'data'}",

@@ -33,7 +33,7 @@ def test_missing_data_folder_names_the_ways_out(tmp_path):
 
 
 def test_offline_pretrained_weights_name_the_alternatives(tmp_path, monkeypatch):
-    from utils import build
+    from utils.compose import build
     from utils.errors import UserError
 
     def offline(*args, **kwargs):
@@ -73,7 +73,7 @@ def test_val_on_a_folder_with_no_run(tmp_path):
 
 
 def test_truncated_checkpoint(tmp_path):
-    from utils.experiment import train, validate
+    from utils.compose.experiment import train, validate
 
     train(compose_run(["epochs=1"], tmp_path))
     best = tmp_path / "run" / "checkpoints" / "best.pt"
@@ -87,7 +87,7 @@ def test_nan_loss_stops_and_names_the_step(tmp_path, monkeypatch):
     import torch
 
     from models.loss.sdc import SDCLoss
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     calls = {"n": 0}
     original = SDCLoss.forward
@@ -110,7 +110,7 @@ def test_nan_loss_stops_and_names_the_step(tmp_path, monkeypatch):
 
 
 def test_bad_select_on(tmp_path):
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     with pytest.raises(ConfigError, match="select_on"):
         train(compose_run(["select_on=test"], tmp_path))
@@ -118,7 +118,7 @@ def test_bad_select_on(tmp_path):
 
 # ---------------------------------------------------------------------------- broken run files
 def small_run(tmp_path):
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     train(compose_run(["dataset.source.train=20", "batch_size=40", "model.nbit=8", "epochs=2",
                        "eval_interval=1"], tmp_path))
@@ -139,7 +139,7 @@ def snapshot(run: Path) -> dict:
     ("train_history.json", "train_history.json is damaged"),
 ])
 def test_resume_of_a_damaged_run_names_the_file_and_changes_nothing(damaged, words, tmp_path):
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     run = small_run(tmp_path)
     path = run / damaged
@@ -165,7 +165,7 @@ def test_val_of_a_run_with_a_damaged_config_is_one_sentence(tmp_path):
 
 
 def test_finished_run_without_last_checkpoint_is_not_retrained(tmp_path):
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     run = small_run(tmp_path)
     (run / "checkpoints" / "last.pt").unlink()
@@ -180,7 +180,7 @@ def test_no_space_left_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     import torch
 
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     original = torch.save
 

@@ -52,7 +52,7 @@ def best_epoch(run) -> int:
 def test_best_checkpoint_follows_the_selection_score(select_on, expected, tmp_path, monkeypatch):
     # validation prefers epoch 1, the queries epoch 2: each rule must pick its own
     scripted(monkeypatch, val_scores=[0.8, 0.2, 0.3], query_scores=[0.1, 0.9, 0.5])
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     metrics = train(compose_run([*SMALL, "epochs=3", f"select_on={select_on}"], tmp_path))
     assert metrics["best"]["epoch"] == expected
@@ -62,7 +62,7 @@ def test_best_checkpoint_follows_the_selection_score(select_on, expected, tmp_pa
 
 def test_select_on_query_says_it_is_optimistic(tmp_path, monkeypatch, caplog):
     scripted(monkeypatch, val_scores=[0.8], query_scores=[0.1])
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     with caplog.at_level(logging.WARNING):
         train(compose_run([*SMALL, "epochs=1", "select_on=query"], tmp_path))
@@ -73,7 +73,7 @@ def test_resume_keeps_the_best_metric_of_a_contested_run(tmp_path, monkeypatch):
     # best at epoch 2 (0.9); the epochs after the interruption score 0.7 and 0.8: a resume that
     # forgot the best metric would move best.pt to epoch 3, then 4
     scripted(monkeypatch, val_scores=[0.5, 0.9, 0.7, 0.8])
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     overrides = [*SMALL, "epochs=4"]
     full = train(compose_run(overrides, tmp_path, "full"))
@@ -91,7 +91,7 @@ def test_resume_keeps_the_best_metric_of_a_contested_run(tmp_path, monkeypatch):
 def test_resume_drops_history_rows_written_after_the_checkpoint(tmp_path, monkeypatch):
     # killed after the histories of epoch 3 were written but before last.pt of epoch 3
     import models.trainers.base as base
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     overrides = [*SMALL, "epochs=4"]
     train(compose_run(overrides, tmp_path, "full"))
@@ -118,7 +118,7 @@ def test_resume_drops_history_rows_written_after_the_checkpoint(tmp_path, monkey
 # ---------------------------------------------------------------------------- validation split
 @pytest.mark.parametrize("val_size", [0.1, 37])
 def test_validation_queries_are_not_in_their_database(val_size, tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     cfg = compose_run(["dataset.source.train=20", f"val_size={val_size}"], tmp_path)
     trainer = build_trainer(cfg, tmp_path / "run")
@@ -133,7 +133,7 @@ def test_validation_queries_are_not_in_their_database(val_size, tmp_path):
 
 # ---------------------------------------------------------------------------- batch size limits
 def test_a_batch_as_large_as_the_training_split_works_and_one_more_item_does_not(tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     # dataset.source.train=20 -> 200 training images
     trainer = build_trainer(compose_run(["dataset.source.train=20", "batch_size=200"], tmp_path),
@@ -145,7 +145,7 @@ def test_a_batch_as_large_as_the_training_split_works_and_one_more_item_does_not
 
 
 def test_batch_of_201_for_200_items_is_refused(tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     with pytest.raises(ConfigError, match="200 items, fewer than one batch"):
         build_trainer(compose_run(["dataset.source.train=20", "batch_size=201",
@@ -168,7 +168,7 @@ def test_derive_seed_keeps_its_values_below_2_32_and_separates_larger_seeds():
 
 
 def test_seeds_2_32_apart_give_different_runs(tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     heads, orders = [], []
     for seed in (1, 1 + 2**32):
@@ -182,7 +182,7 @@ def test_seeds_2_32_apart_give_different_runs(tmp_path):
 
 # ---------------------------------------------------------------------------- devices
 def test_unavailable_or_unknown_devices_are_one_sentence(monkeypatch):
-    from utils.build import resolve_device
+    from utils.resources import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
@@ -195,7 +195,7 @@ def test_unavailable_or_unknown_devices_are_one_sentence(monkeypatch):
 
 
 def test_auto_picks_cuda_then_mps(monkeypatch):
-    from utils.build import resolve_device
+    from utils.resources import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
@@ -241,7 +241,7 @@ def test_progress_setting_values(monkeypatch):
 
 # ---------------------------------------------------------------------------- zero_relevant
 def test_zero_relevant_is_a_setting_of_training_and_of_val(tmp_path):
-    from utils.experiment import train, validate
+    from utils.compose.experiment import train, validate
 
     metrics = train(compose_run(["dataset.source.train=20", "epochs=1", "model.nbit=8",
                                  "dataset.R=1", "ks=[1]"], tmp_path))
@@ -261,8 +261,8 @@ def test_zero_relevant_is_a_setting_of_training_and_of_val(tmp_path):
 
 # ---------------------------------------------------------------------------- resume overrides
 def test_resume_applies_and_records_the_safe_overrides(tmp_path):
+    from utils.compose.experiment import train
     from utils.config import load_run_config
-    from utils.experiment import train
 
     train(compose_run([*SMALL, "epochs=2"], tmp_path))
     run = tmp_path / "run"
@@ -276,7 +276,7 @@ def test_resume_applies_and_records_the_safe_overrides(tmp_path):
 
 
 def test_resume_refuses_overrides_it_would_ignore(tmp_path):
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     train(compose_run([*SMALL, "epochs=1"], tmp_path))
     run = tmp_path / "run"
@@ -291,7 +291,7 @@ def test_resume_refuses_overrides_it_would_ignore(tmp_path):
 
 
 def test_resume_on_the_command_line_refuses_in_one_line(tmp_path):
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     train(compose_run([*SMALL, "epochs=1"], tmp_path))
     result = run_cli("main_v2.py", [f"resume={tmp_path / 'run'}", "seed=3"], tmp_path, check=False)
@@ -301,7 +301,7 @@ def test_resume_on_the_command_line_refuses_in_one_line(tmp_path):
 
 # ---------------------------------------------------------------------------- val.py edges
 def test_protocol_on_a_dataset_without_protocols_is_one_sentence(tmp_path):
-    from utils.experiment import train, validate
+    from utils.compose.experiment import train, validate
 
     train(compose_run(["dataset.source.train=20", "epochs=1", "model.nbit=8"], tmp_path))
     with pytest.raises(ConfigError, match="dataset digits has no named split protocols"):
@@ -309,7 +309,7 @@ def test_protocol_on_a_dataset_without_protocols_is_one_sentence(tmp_path):
 
 
 def test_data_dir_move_respects_path_boundaries():
-    from utils.experiment import _replace_prefix
+    from utils.compose.experiment import _replace_prefix
 
     source = {"root": "/data/cifar10", "other": "/data2/cifar10", "same": "/data",
               "list": ["/data/a.txt", "/datasets/b.txt"], "n": 3}
@@ -321,7 +321,7 @@ def test_data_dir_move_respects_path_boundaries():
 
 # ---------------------------------------------------------------------------- two-view on features
 def test_two_view_method_on_a_feature_dataset_is_refused(tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     rng = np.random.RandomState(0)
     path = tmp_path / "feats.npz"
@@ -361,7 +361,7 @@ def test_auto_precision_is_bf16_on_a_gpu_that_has_it(monkeypatch):
                                               ("16-mixed", torch.float16)])
 def test_training_step_runs_under_the_precision(precision, dtype, tmp_path, monkeypatch):
     from models.loss.sdc import SDCLoss
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     seen = []
     original = SDCLoss.forward
@@ -376,7 +376,7 @@ def test_training_step_runs_under_the_precision(precision, dtype, tmp_path, monk
 
 
 def test_channels_last_inputs_when_the_backbone_is_a_cnn(tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     trainer = build_trainer(compose_run(["dataset.source.train=20", "backbone=tiny"], tmp_path),
                             tmp_path / "run")

@@ -21,7 +21,7 @@ def test_every_config_composes(group, name):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_instantiates_with_the_tiny_backbone(method):
-    from utils import build
+    from utils.compose import build
 
     cfg = compose([f"model={method}", "backbone=tiny", "dataset=digits"])
     model = build.build_model(cfg)
@@ -89,7 +89,7 @@ def test_presets_cover_the_reference_fine_tuned_settings():
 
 
 def test_debug_fast_preset_trims_every_split_reproducibly(tmp_path):
-    from utils import build
+    from utils.compose import build
     from utils.errors import ConfigError
 
     cfg = compose(["+debug=fast", f"data_dir={tmp_path}"])

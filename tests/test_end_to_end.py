@@ -51,7 +51,7 @@ def test_cli_train_then_val_reproduces_metrics(tmp_path):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_and_val_reproduces(method, tmp_path):
-    from utils.experiment import train, validate
+    from utils.compose.experiment import train, validate
 
     cfg = compose_run([f"model={method}", "backbone=tiny", "dataset=digits", "model.nbit=16",
                        *QUICK], tmp_path)
@@ -64,7 +64,7 @@ def test_every_method_trains_and_val_reproduces(method, tmp_path):
 
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
     from models.trainers.base import Trainer
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     overrides = ["epochs=4", "eval_interval=2", "batch_size=64"]
     full = train(compose_run(overrides, tmp_path, "full"))
@@ -91,7 +91,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
 
 
 def test_val_save_codes_writes_the_codes_it_scored(tmp_path):
-    from utils.experiment import train, validate
+    from utils.compose.experiment import train, validate
     from utils.retrieval import retrieval_report
 
     train(compose_run(["epochs=1", "eval_interval=1", "model.nbit=16"], tmp_path))
@@ -112,7 +112,7 @@ def test_sdc_learns_on_digits_beyond_random_projections(tmp_path):
     projections (LSH, 5 seeds) of the same centred pixels at the same code length."""
     from sklearn.datasets import load_digits  # noqa: F401  (the demo's data)
 
-    from utils.experiment import train
+    from utils.compose.experiment import train
     from utils.retrieval import mean_average_precision
 
     metrics = train(compose_run(["eval_interval=100"], tmp_path))

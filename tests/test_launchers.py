@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import compose, compose_run, run_cli
-from utils import build
+from utils import resources
 from utils.errors import ConfigError
 
 SWEEP = ["-m", "model.nbit=8,16", "epochs=1", "dataset.source.train=20", "progress=false"]
@@ -23,10 +23,10 @@ def keep_threads():
 
 
 def test_auto_threads_follow_the_work(tmp_path, keep_threads, monkeypatch):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(build, "available_cores", lambda: 6)
+    monkeypatch.setattr(resources, "available_cores", lambda: 6)
     # a head on precomputed features (digits through the identity backbone): one thread
     build_trainer(compose_run(["dataset.source.train=20"], tmp_path, "a"), tmp_path / "a")
     assert torch.get_num_threads() == 1
@@ -52,16 +52,16 @@ def test_auto_threads_follow_the_work(tmp_path, keep_threads, monkeypatch):
 
 def test_auto_threads_share_the_cores_of_a_parallel_sweep(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(build, "available_cores", lambda: 8)
-    monkeypatch.setattr(build, "parallel_jobs", lambda: 3)
-    assert build.choose_threads("auto", head_only=False)[0] == 2
-    assert build.choose_threads("auto", head_only=True)[0] == 1
-    assert build.choose_threads(5, head_only=True)[0] == 5
+    monkeypatch.setattr(resources, "available_cores", lambda: 8)
+    monkeypatch.setattr(resources, "parallel_jobs", lambda: 3)
+    assert resources.choose_threads("auto", head_only=False)[0] == 2
+    assert resources.choose_threads("auto", head_only=True)[0] == 1
+    assert resources.choose_threads(5, head_only=True)[0] == 5
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert build.choose_threads("auto", head_only=False) == (1, "auto, capped by OMP_NUM_THREADS")
+    assert resources.choose_threads("auto", head_only=False) == (1, "auto, capped by OMP_NUM_THREADS")
     for bad in (0, -2, "many"):
         with pytest.raises(ConfigError, match="threads must be auto or a positive integer"):
-            build.choose_threads(bad, head_only=False)
+            resources.choose_threads(bad, head_only=False)
 
 
 def _runs(sweep):
@@ -78,7 +78,7 @@ def test_joblib_sweep_runs_jobs_side_by_side_with_a_share_of_the_cores(tmp_path)
     assert [r.name for r in runs] == ["0_digits_sdc8_seed42", "1_digits_sdc16_seed42"]
     for run in runs:
         log = (run / "main_v2.log").read_text()
-        cores = build.available_cores()
+        cores = resources.available_cores()
         assert f"torch threads: {max(1, cores // 2)} (auto: {cores} cores / 2 parallel jobs)" in log
     table = run_cli("scripts/summarize.py", [str(sweep)], tmp_path).stdout
     assert re.search(r"\| digits \| sdc \| 8 \| 42 \|", table)

@@ -1,4 +1,4 @@
-"""Export -> search on a digits run (scripts/export.py, scripts/search.py, utils/image_search.py).
+"""Export -> search on a digits run (scripts/export.py, scripts/search.py, utils/compose/search.py).
 
 The run trains its head from the feature cache (backbone=tiny, feature_cache=on), so the
 exported codes come from cached features while a search by image must go through the real
@@ -38,7 +38,7 @@ EXPORT, SEARCH = load_script("export"), load_script("search")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A trained digits run with val.py's codes and an exported flat index."""
-    from utils.experiment import train, validate
+    from utils.compose.experiment import train, validate
 
     tmp = tmp_path_factory.mktemp("search")
     cfg = compose_run(["backbone=tiny", f"model.nbit={NBIT}", "epochs=1", "eval_interval=1",
@@ -113,7 +113,7 @@ def test_export_writes_val_codes_ids_labels_manifest(run):
 
 def test_search_by_image_uses_the_real_backbone(run, tmp_path, capsys):
     from utils.code_index import load_index_dir
-    from utils.image_search import encode_images, load_encoder
+    from utils.compose.search import encode_images, load_encoder
 
     folder = tmp_path / "queries"
     folder.mkdir()
@@ -316,7 +316,7 @@ def test_cli_exit_status(run, tmp_path):
 
 def test_list_file_dataset_ids_are_paths_and_the_grid_shows_them(tmp_path, capsys):
     """A run on image files (list-file format, RGB): ids are the image paths, queries are RGB."""
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     rng = np.random.default_rng(0)
     colours = [(220, 30, 30), (30, 200, 40), (40, 40, 230), (230, 230, 40)]

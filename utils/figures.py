@@ -17,6 +17,7 @@ Files written for one run and checkpoint ``<ckpt>`` (best or last):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,46 +82,32 @@ def compute_figure_data(cfg, query, database, query_labels, db_labels, meta: dic
             "retrieval_grid": rows}
 
 
-def _thumbnail(image) -> np.ndarray:
+def thumbnail(image) -> np.ndarray:
     image = image.copy()
     image.thumbnail((THUMBNAIL, THUMBNAIL))
     return np.asarray(image)
 
 
-def grid_images(cfg, rows: list[dict], query_labels, db_labels):
-    """The raw images of the grid rows, or (None, note) when the dataset has no images.
-
-    The splits are rebuilt from the run's config (the trainer's may hold cached features);
-    their labels must equal the evaluated ones, or the grid is skipped with a note.
-    """
-    from datasets.base import is_feature_split
-    from utils.build import build_data
-
-    data = build_data(cfg)
-    if is_feature_split(data.query) or is_feature_split(data.database):
-        return None, "retrieval grid skipped: the dataset holds precomputed features, no images"
-    if not (np.array_equal(data.query.labels, np.asarray(query_labels))
-            and np.array_equal(data.database.labels, np.asarray(db_labels))):
-        return None, "retrieval grid skipped: the rebuilt splits differ from the evaluated ones"
-    queries = [_thumbnail(data.query.load(r["query"])) for r in rows]
-    retrieved = [[_thumbnail(data.database.load(i)) for i in r["retrieved"]] for r in rows]
-    return (queries, retrieved), None
-
-
-def _class_name(cfg, label) -> str:
+def class_name(label, class_names=None) -> str:
+    """A caption for a label: its class name when the dataset has names, ``labels i,j`` for a
+    multi-label row, else ``class i``."""
     label = np.asarray(label)
     if label.ndim:
         return "labels " + ",".join(str(i) for i in np.flatnonzero(label))
-    if str(cfg.dataset.name).startswith("cifar10"):
-        from datasets.cifar import CIFAR10_CLASSES
-
-        return CIFAR10_CLASSES[int(label)]
+    if class_names is not None:
+        return str(class_names[int(label)])
     return f"class {int(label)}"
 
 
 def write_run_plots(cfg, query, database, query_labels, db_labels, checkpoint: str, epoch: int,
-                    logdir: str | Path, outdir: str | Path | None = None) -> dict[str, Any]:
+                    logdir: str | Path, outdir: str | Path | None = None,
+                    grid_images: Callable[[list[dict]], tuple[Any, str | None]] | None = None,
+                    class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Compute and write every figure of one evaluated checkpoint (see the module docstring).
+
+    ``grid_images(rows)`` returns the thumbnails of the retrieval grid's rows as ``((queries,
+    retrieved), None)``, or ``(None, why not)``; the composing layer supplies it (this module does
+    not read datasets). Without it the grid is skipped with a note.
 
     Returns the figure data (also ``figure_data_<checkpoint>.json``) with ``"files"``: the
     PNGs written, and ``"notes"``: what was skipped and why.
@@ -148,11 +135,12 @@ def write_run_plots(cfg, query, database, query_labels, db_labels, checkpoint: s
             outdir / "training_curves.png"))
     else:
         notes.append("training curves skipped: the run has no train/test history")
-    images, note = grid_images(cfg, data["retrieval_grid"], query_labels, db_labels)
+    images, note = (grid_images(data["retrieval_grid"]) if grid_images is not None
+                    else (None, "retrieval grid skipped: no images were given"))
     if images is None:
         notes.append(note)
     else:
-        names = [f"{_class_name(cfg, np.asarray(query_labels)[r['query']])}\nquery {r['query']}"
+        names = [f"{class_name(np.asarray(query_labels)[r['query']], class_names)}\nquery {r['query']}"
                  for r in data["retrieval_grid"]]
         files.append(plots.save(plots.retrieval_grid(data["retrieval_grid"], images[0],
                                                      images[1], names, title),

@@ -22,8 +22,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets.base import TransformedSplit, is_feature_split
-from utils.build import resolve_workers, split_validation
+from datasets.base import TransformedSplit, is_feature_split, split_validation
 from utils.checkpoint import (
     load_checkpoint,
     read_json,
@@ -33,6 +32,7 @@ from utils.checkpoint import (
 )
 from utils.config import progress_bars
 from utils.errors import CheckpointError, ConfigError, TrainingError
+from utils.resources import resolve_workers
 from utils.retrieval import retrieval_report
 from utils.seed import derive_seed, seed_everything
 

@@ -48,7 +48,7 @@ def with_cache(overrides) -> list[str]:
 
 
 def build(tmp_path: Path, *overrides: str, name: str = "run"):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     cfg = compose_run(with_cache([*BASE, *overrides]), tmp_path, name)
     return build_trainer(cfg, tmp_path / name), cfg
@@ -148,7 +148,7 @@ def test_killed_extraction_is_never_used_and_resumes(tmp_path, calls, monkeypatc
 
 
 def test_training_from_cache_equals_live_backbone(tmp_path):
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     runs = {}
     for mode in ("off", "on"):
@@ -173,7 +173,7 @@ def test_training_from_cache_equals_live_backbone(tmp_path):
 
 def test_same_loss_on_first_batches(tmp_path):
     """Batch by batch: the cached trainer's step gives the live trainer's loss."""
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     losses = {}
     for mode in ("off", "on"):
@@ -221,7 +221,7 @@ def test_bank_views_differ_and_training_draws_from_them(tmp_path):
 
 
 def test_val_reproduces_cached_training_metrics(tmp_path):
-    from utils.experiment import train, validate
+    from utils.compose.experiment import train, validate
 
     cfg = compose_run(with_cache([*BASE, "model=sdc", "epochs=2", "eval_interval=1"]), tmp_path)
     metrics = train(cfg)
@@ -246,7 +246,7 @@ def test_on_where_it_cannot_apply_says_why(tmp_path):
 
 
 def test_closed_form_fits_on_eval_transform_features(tmp_path, calls):
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     metrics = {}
     for mode in ("off", "on"):
@@ -264,7 +264,7 @@ def test_shared_cifar10_few_hundred_images(tmp_path_factory, tmp_path, calls):
     from conftest import compose
     from datasets.base import HashingData
     from datasets.cifar import read_image_folder_pool
-    from utils import build as builders
+    from utils.compose import build as builders
 
     gen = extract_shared_cifar(tmp_path_factory)
     root = next(gen)

@@ -44,7 +44,7 @@ def main() -> None:
         return original(self, images)
 
     Tiny.forward = forward
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     cfg = compose_run(["backbone=tiny", "feature_cache=on", "eval_batch_size=64",
                        "dataset.source.train=20"], root, name)

@@ -63,8 +63,8 @@ def test_head_gradient_adds_the_gamma_term():
 
 
 def test_config_builds_and_one_training_step_trains_the_head_only(tmp_path):
-    from utils import build
-    from utils.experiment import build_trainer
+    from utils.compose import build
+    from utils.compose.experiment import build_trainer
 
     cfg = compose(["model=bihalf", "backbone=tiny", "val_size=0", "select_on=last"])
     assert (cfg.model.head.gamma, cfg.backbone_lr_scale) == (6.0, 0)
@@ -84,7 +84,7 @@ def test_config_builds_and_one_training_step_trains_the_head_only(tmp_path):
 
 
 def test_batch_of_one_is_rejected_with_a_clear_message(tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     cfg = compose(["model=bihalf", "backbone=tiny", "val_size=0", "select_on=last",
                    "batch_size=1"])

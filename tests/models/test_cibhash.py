@@ -131,8 +131,8 @@ def test_eval_code_signs_equal_the_training_codes():
 
 
 def test_config_builds_and_one_training_step_trains_the_head_only(tmp_path):
-    from utils import build
-    from utils.experiment import build_trainer
+    from utils.compose import build
+    from utils.compose.experiment import build_trainer
 
     cfg = compose(["model=cibhash", "backbone=tiny", "val_size=0", "select_on=last"])
     assert (cfg.model.loss.temperature, cfg.model.loss.beta, cfg.backbone_lr_scale) == \
@@ -152,7 +152,7 @@ def test_config_builds_and_one_training_step_trains_the_head_only(tmp_path):
 
 
 def test_concatenated_forward_equals_one_forward_per_view(tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     cfg = compose(["model=cibhash", "backbone=tiny", "val_size=0", "select_on=last"])
     trainer = build_trainer(cfg, tmp_path)
@@ -166,7 +166,7 @@ def test_concatenated_forward_equals_one_forward_per_view(tmp_path):
 
 
 def test_one_view_transform_is_rejected(tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     cfg = compose(["model=cibhash", "backbone=tiny", "transforms=no_augmentation",
                    "val_size=0", "select_on=last"])

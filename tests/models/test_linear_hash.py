@@ -122,7 +122,7 @@ def test_itq_beats_its_random_start_and_pca_on_quantisation_error():
 @pytest.mark.parametrize("method,head_class", [("lsh", LSHHead), ("pcah", PCAHHead),
                                                ("itq", ITQHead)])
 def test_linear_hash_configs_compose_and_instantiate(method, head_class):
-    from utils import build
+    from utils.compose import build
 
     cfg = compose([f"model={method}", "backbone=tiny", "dataset=digits", "model.nbit=16"])
     assert (cfg.epochs, cfg.backbone_lr_scale) == (1, 0)
@@ -136,7 +136,7 @@ def test_linear_hash_configs_compose_and_instantiate(method, head_class):
 
 
 def test_closed_form_trainer_rejects_too_many_bits_before_any_work(tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     cfg = compose(["model=pcah", "backbone=tiny", "dataset=digits", *SMALL])  # 64 bits > D = 32
     with pytest.raises(ConfigError, match="model.nbit <= 32"):
@@ -148,9 +148,9 @@ def test_closed_form_trainer_rejects_too_many_bits_before_any_work(tmp_path):
 
 def test_closed_form_run_writes_the_engines_artefacts_and_reloads(tmp_path):
     from models.trainers.base import load_model_state
-    from utils import build
     from utils.checkpoint import load_checkpoint, read_json
-    from utils.experiment import build_trainer
+    from utils.compose import build
+    from utils.compose.experiment import build_trainer
 
     cfg = compose(["model=itq", "backbone=tiny", "dataset=digits", "model.nbit=16", *SMALL])
     trainer = build_trainer(cfg, tmp_path)

@@ -193,7 +193,7 @@ def test_nsh_config_has_the_reference_defaults():
 
 
 def test_nsh_training_step_on_tiny_gives_a_finite_loss_and_head_gradients(tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     cfg = compose(["model=nsh", "backbone=tiny", "dataset=digits", "batch_size=8",
                    "model.nbit=16", *SMALL])
@@ -211,7 +211,7 @@ def test_nsh_training_step_on_tiny_gives_a_finite_loss_and_head_gradients(tmp_pa
 
 
 def test_nsh_trainer_rejects_a_batch_not_larger_than_m(tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     cfg = compose(["model=nsh", "backbone=tiny", "dataset=digits", "batch_size=2", *SMALL])
     with pytest.raises(ConfigError, match="batch_size must exceed 2"):

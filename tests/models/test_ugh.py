@@ -89,8 +89,8 @@ def test_head_shapes_and_sign_in_train_and_eval():
 
 
 def test_config_builds_and_one_training_step_trains_the_head_only(tmp_path):
-    from utils import build
-    from utils.experiment import build_trainer
+    from utils.compose import build
+    from utils.compose.experiment import build_trainer
 
     cfg = compose(["model=ugh", "backbone=tiny", "val_size=0", "select_on=last"])
     assert (cfg.model.loss.alpha, cfg.model.loss.pow, cfg.backbone_lr_scale) == (0.1, 3.0, 0)
@@ -108,7 +108,7 @@ def test_config_builds_and_one_training_step_trains_the_head_only(tmp_path):
 
 
 def test_batch_of_one_is_rejected(tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     cfg = compose(["model=ugh", "backbone=tiny", "val_size=0", "select_on=last", "batch_size=1"])
     with pytest.raises(ConfigError, match="batch_size must be at least 2"):

@@ -176,7 +176,7 @@ def test_wch_config_has_the_reference_defaults():
 
 
 def test_wch_rejects_a_backbone_without_tokens():
-    from utils import build
+    from utils.compose import build
 
     cfg = compose(["model=wch", "backbone=identity", "dataset=digits"])
     with pytest.raises(ConfigError, match="patch tokens"):
@@ -184,7 +184,7 @@ def test_wch_rejects_a_backbone_without_tokens():
 
 
 def test_wch_training_step_on_tiny_gives_a_finite_loss_and_head_gradients(tmp_path):
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     cfg = compose(["model=wch", "backbone=tiny", "dataset=digits", "batch_size=8",
                    "model.nbit=16", *SMALL])

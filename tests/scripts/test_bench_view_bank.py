@@ -29,7 +29,7 @@ def test_quick_run_prints_every_setting(tmp_path, capsys):
 
 def test_live_trained_head_scores_the_same_from_the_cache(tmp_path):
     from models.trainers.base import load_model_state
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     bench = _load()
     base = [*QUICK, f"data_dir={tmp_path / 'data'}"]

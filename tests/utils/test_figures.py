@@ -76,7 +76,7 @@ def test_each_drawing_is_a_png_of_the_expected_size(tmp_path):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     tmp = tmp_path_factory.mktemp("fig")
     train(compose_run(QUICK, tmp, "sdc"))
@@ -84,7 +84,7 @@ def digits_run(tmp_path_factory):
 
 
 def test_plots_false_writes_nothing(digits_run):
-    from utils.experiment import validate
+    from utils.compose.experiment import validate
 
     before = sorted(p.relative_to(digits_run) for p in digits_run.rglob("*"))
     result = validate(val_config(digits_run, "plots=false"))
@@ -94,7 +94,7 @@ def test_plots_false_writes_nothing(digits_run):
 
 
 def test_val_plots_writes_every_figure_with_the_engine_numbers(digits_run):
-    from utils.experiment import validate
+    from utils.compose.experiment import validate
 
     result = validate(val_config(digits_run, "plots=true", "save_codes=true"))
     out = digits_run / "plots"
@@ -134,7 +134,7 @@ def test_val_plots_writes_every_figure_with_the_engine_numbers(digits_run):
 
 
 def test_feature_dataset_skips_the_grid_with_a_note(tmp_path, capsys):
-    from utils.experiment import train, validate
+    from utils.compose.experiment import train, validate
 
     rng = np.random.default_rng(0)
     arrays = {}
@@ -159,7 +159,7 @@ def test_feature_dataset_skips_the_grid_with_a_note(tmp_path, capsys):
 
 
 def test_plot_script_compares_runs(digits_run, tmp_path):
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     train(compose_run([*QUICK, "model=ugh"], tmp_path, "ugh"))
     files = _load_script("plot").main([str(digits_run), str(tmp_path / "ugh"),
@@ -181,7 +181,7 @@ def test_plot_script_rejects_a_folder_that_is_no_run(tmp_path):
 
 
 def test_summarize_plot_draws_map_against_bits(tmp_path):
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     for nbit in (8, 16):
         for seed in (1, 2):
@@ -213,8 +213,8 @@ def _events(logdir):
 def test_engine_logs_diagnostics_that_match_the_validation_codes(digits_run):
     from models.trainers.base import load_model_state
     from utils.checkpoint import load_checkpoint
+    from utils.compose.experiment import build_trainer
     from utils.config import load_run_config
-    from utils.experiment import build_trainer
 
     acc = _events(digits_run)
     scalars = {t for t in acc.Tags()["scalars"] if t.startswith("diag/")}
@@ -243,7 +243,7 @@ def test_engine_logs_diagnostics_that_match_the_validation_codes(digits_run):
 @pytest.mark.parametrize("overrides, expect_diag", [(["model=lsh"], True),
                                                     (["model=ugh", "diagnostics=false"], False)])
 def test_diagnostics_for_closed_form_and_switched_off(tmp_path, overrides, expect_diag):
-    from utils.experiment import train
+    from utils.compose.experiment import train
 
     train(compose_run([*QUICK, *overrides], tmp_path))
     acc = _events(tmp_path / "run")
@@ -267,7 +267,7 @@ def test_sdc_calibration_view_from_the_feature_cache_equals_the_live_backbone(tm
     see the same backbone features (HashOutput.features) as the live model would."""
     from models.trainers.base import load_model_state
     from utils.checkpoint import load_checkpoint
-    from utils.experiment import build_trainer, train
+    from utils.compose.experiment import build_trainer, train
 
     base = ["backbone=tiny", "epochs=1", "eval_interval=1", "model.nbit=16", "num_workers=0"]
     train(compose_run([*base, "feature_cache=on"], tmp_path))

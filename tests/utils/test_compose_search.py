@@ -1,4 +1,4 @@
-"""utils/image_search.py without a trained run: command-line settings, item ids, query codes,
+"""utils/compose/search.py without a trained run: command-line settings, item ids, query codes,
 query folders."""
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from datasets.base import ArrayImageSplit, FeatureSplit, FileImageSplit
+from utils.compose.search import image_mode, item_ids, load_query_codes, parse_settings, query_files
 from utils.errors import ConfigError, DataError
-from utils.image_search import image_mode, item_ids, load_query_codes, parse_settings, query_files
 
 SPEC = {"index": (str, ...), "k": (int, 10), "progress": (bool, True), "nprobe": (int, None)}
 

@@ -29,7 +29,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
-from utils import build
+from utils import resources
 from utils.code_index import (
     BINARISATION,
     FORMAT_VERSION,
@@ -48,9 +48,10 @@ from utils.code_index import (
     set_search_params,
     write_index_dir,
 )
+from utils.compose import build
+from utils.compose.experiment import run_checkpoint
 from utils.config import load_run_config
 from utils.errors import CheckpointError, ConfigError, DataError
-from utils.experiment import run_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def parse_settings(args: Sequence[str], spec: dict[str, tuple[type, Any]]) -> di
 
 def _run_config(logdir: Path, device: str, progress: bool, data_dir=None, batch_size=None):
     """The run's saved config, adjusted as val.py adjusts it (the run may have moved)."""
-    from utils.experiment import _replace_prefix  # val.py's data_dir move, reused as is
+    from utils.compose.experiment import _replace_prefix  # val.py's data_dir move, reused as is
 
     cfg = load_run_config(logdir)
     with open_dict(cfg):
@@ -157,7 +158,7 @@ def export_run(logdir, checkpoint: str = "best", index_type: str = "flat", nlist
     cfg = _run_config(logdir, device, progress, data_dir, batch_size)
     _, state = run_checkpoint(logdir, str(checkpoint))
     from models.trainers.base import load_model_state
-    from utils.experiment import build_trainer
+    from utils.compose.experiment import build_trainer
 
     trainer = build_trainer(cfg, logdir)
     load_model_state(trainer.model, state["model"])
@@ -240,7 +241,7 @@ def load_encoder(run_dir: Path, manifest: dict[str, Any], device: str = "auto",
     if not manifest.get("image_mode"):
         raise DataError(f"The run {run_dir} was trained on precomputed features, not images: "
                         "query it with codes (query=codes.npz)")
-    device_t = build.resolve_device(device)
+    device_t = resources.resolve_device(device)
     model = build.build_model(cfg)  # the real backbone, whatever the feature cache did
     load_model_state(model, state["model"])
     model.to(device_t).eval()

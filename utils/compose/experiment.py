@@ -9,11 +9,13 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from utils import build
+from utils import resources
 from utils.checkpoint import load_checkpoint, read_json, write_json, write_npz
+from utils.compose import build
 from utils.config import load_run_config, save_config, to_plain
 from utils.errors import CheckpointError, ConfigError, UserError
 from utils.seed import run_seed, seed_everything
@@ -44,7 +46,7 @@ def exit_on_user_error(function):
 def build_trainer(cfg: DictConfig, logdir: str | Path):
     """Everything a run needs, built from its resolved config."""
     seed_everything(run_seed(cfg.seed))
-    device = build.resolve_device(cfg.device)
+    device = resources.resolve_device(cfg.device)
     data = build.build_data(cfg)
     model = build.build_model(cfg)
     criterion = build.build_criterion(cfg)
@@ -55,14 +57,14 @@ def build_trainer(cfg: DictConfig, logdir: str | Path):
     from datasets.feature_cache import apply_feature_cache
 
     threads_setting = cfg.get("threads", "auto")
-    torch.set_num_threads(build.choose_threads(threads_setting, head_only=False)[0])  # extraction
+    torch.set_num_threads(resources.choose_threads(threads_setting, head_only=False)[0])  # extraction
     model, data, train_transform, eval_transform = apply_feature_cache(
         cfg, model, data, train_transform, eval_transform, device,
         closed_form=bool(getattr(trainer_cls, "closed_form", False)))
     from models.backbone.simple import Identity
 
     head_only = model.frozen_backbone and isinstance(model.backbone, Identity)
-    threads, why = build.choose_threads(threads_setting, head_only=head_only)
+    threads, why = resources.choose_threads(threads_setting, head_only=head_only)
     torch.set_num_threads(threads)
     log.info("torch threads: %d (%s)", threads, why)
     return trainer_cls(cfg, model, criterion, data, train_transform, eval_transform, logdir, device)
@@ -236,14 +238,33 @@ def validate(vcfg: DictConfig) -> dict[str, Any]:
     if vcfg.get("plots"):  # PNG figures and their numbers in <logdir>/plots/ (utils/figures.py)
         from utils.figures import write_run_plots
 
-        result["figures"] = write_run_plots(cfg, query, database, trainer.data.query.labels,
-                                            trainer.data.database.labels, name, result["epoch"],
-                                            logdir)
+        raw = build.build_data(cfg)  # the images (the trainer's splits may be cached features)
+        result["figures"] = write_run_plots(
+            cfg, query, database, trainer.data.query.labels, trainer.data.database.labels, name,
+            result["epoch"], logdir, grid_images=lambda rows: grid_images(raw, rows, trainer.data),
+            class_names=raw.classes)
     print(f"{logdir} [{name}, epoch {result['epoch']}]: "
           + ", ".join(f"{k} {v:.4f}" for k, v in report.items()
                       if isinstance(v, float) and (k.startswith(("mAP", "P@", "HitRate")))))
     print(f"written to {logdir / f'eval_{name}.json'}")
     return result
+
+
+def grid_images(raw, rows: list[dict], evaluated):
+    """Thumbnails of the retrieval grid's rows from the dataset ``raw`` (its images), or
+    ``(None, why not)`` for a feature dataset or when its splits differ from the ``evaluated``
+    ones (labels compared)."""
+    from datasets.base import is_feature_split
+    from utils.figures import thumbnail
+
+    if is_feature_split(raw.query) or is_feature_split(raw.database):
+        return None, "retrieval grid skipped: the dataset holds precomputed features, no images"
+    if not (np.array_equal(raw.query.labels, np.asarray(evaluated.query.labels))
+            and np.array_equal(raw.database.labels, np.asarray(evaluated.database.labels))):
+        return None, "retrieval grid skipped: the rebuilt splits differ from the evaluated ones"
+    queries = [thumbnail(raw.query.load(r["query"])) for r in rows]
+    retrieved = [[thumbnail(raw.database.load(i)) for i in r["retrieved"]] for r in rows]
+    return (queries, retrieved), None
 
 
 def _replace_prefix(node: Any, old: str, new: str) -> Any:
