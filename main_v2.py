@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 import utils.config  # noqa: F401  (registers the safe resolvers before Hydra composes)
 from utils.compose.experiment import exit_on_user_error, train
+from utils.distributed import prepare_launch
 
 # Launcher jobs (submitit's local and SLURM processes) unpickle this module's task function:
 # they need the project on their import path, whatever folder they start in.
@@ -33,4 +34,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    # torchrun --nproc_per_node=N main_v2.py ...: one run on N processes (utils/distributed.py)
+    sys.argv = [sys.argv[0], *prepare_launch(sys.argv[1:])]
     main()

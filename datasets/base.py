@@ -197,11 +197,17 @@ class TransformedSplit(torch.utils.data.Dataset):
     For feature splits the transform is skipped; when the transform has ``views > 1`` the
     feature vector is repeated into that many (identical) views so two-view methods still get
     a list.
+
+    ``item_seed``: when set, the transform of item i runs with torch's RNG seeded from
+    ``(item_seed, i)`` (and the caller's RNG state restored afterwards), so a random
+    augmentation of an item does not depend on which items were drawn before it, in which
+    loader worker or on which process of a distributed run.
     """
 
-    def __init__(self, split: ImageSplit, transform: Callable | None):
+    def __init__(self, split: ImageSplit, transform: Callable | None, item_seed: int | None = None):
         self.split = split
         self.transform = transform
+        self.item_seed = item_seed
 
     def __len__(self) -> int:
         return len(self.split)
@@ -214,11 +220,27 @@ class TransformedSplit(torch.utils.data.Dataset):
                 views = int(getattr(self.transform, "views", 1))
                 if views > 1:
                     item = [item.clone() for _ in range(views)]
-            else:
+            elif self.item_seed is None:
                 item = self.transform(item)
+            else:
+                item = self._seeded_transform(item, i)
             if isinstance(item, tuple):
                 item = list(item)
         return item, self.split.label(i), i
+
+    def _seeded_transform(self, item, i: int):
+        """The transform with torch's CPU RNG seeded for item i, the RNG state restored after
+        (torch.manual_seed would also reseed every accelerator: 60x slower per item)."""
+        saved = torch.get_rng_state()
+        # an odd multiplier makes the seeds of the items of one epoch distinct
+        torch.default_generator.manual_seed((self.item_seed ^ (i * _ITEM_SEED_STEP)) % 2**63)
+        try:
+            return self.transform(item)
+        finally:
+            torch.set_rng_state(saved)
+
+
+_ITEM_SEED_STEP = 0x9E3779B97F4A7C15  # 2**64 / golden ratio, odd
 
 
 def split_validation(train_split, val_size: float | int, seed: int):

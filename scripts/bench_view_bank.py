@@ -46,7 +46,8 @@ def train_head(trainer, cfg) -> float:
 
 def scores(trainer) -> tuple[float, float]:
     metrics = trainer.evaluate()
-    return metrics[f"mAP@{trainer.R}"], metrics[f"mAP_tie@{trainer.R}"]
+    R = trainer.settings.R
+    return metrics[f"mAP@{R}"], metrics[f"mAP_tie@{R}"]
 
 
 def bench(overrides: list[str], logdir: Path, views: list[int], live: bool) -> list[dict]:

@@ -24,10 +24,10 @@ def scripted(monkeypatch, val_scores=None, query_scores=None):
 
     if val_scores is not None:
         monkeypatch.setattr(Trainer, "evaluate_validation",
-                            lambda self: val_scores[len(self.test_history)])
+                            lambda self: val_scores[len(self.recorder.test_history)])
     if query_scores is not None:
         monkeypatch.setattr(Trainer, "evaluate",
-                            lambda self: {"mAP@100": query_scores[len(self.test_history)]})
+                            lambda self: {"mAP@100": query_scores[len(self.recorder.test_history)]})
 
 
 def interrupt_at_epoch(monkeypatch, epoch_index: int):
@@ -90,19 +90,19 @@ def test_resume_keeps_the_best_metric_of_a_contested_run(tmp_path, monkeypatch):
 
 def test_resume_drops_history_rows_written_after_the_checkpoint(tmp_path, monkeypatch):
     # killed after the histories of epoch 3 were written but before last.pt of epoch 3
-    import models.trainers.base as base
+    import utils.recording as recording
     from utils.compose.experiment import train
 
     overrides = [*SMALL, "epochs=4"]
     train(compose_run(overrides, tmp_path, "full"))
-    original = base.save_checkpoint
+    original = recording.save_checkpoint
 
     def dies_on_last_of_epoch_3(state, path):
         if str(path).endswith("last.pt") and state["epoch"] == 3:
             raise KeyboardInterrupt
         return original(state, path)
 
-    monkeypatch.setattr(base, "save_checkpoint", dies_on_last_of_epoch_3)
+    monkeypatch.setattr(recording, "save_checkpoint", dies_on_last_of_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train(compose_run(overrides, tmp_path, "broken"))
     monkeypatch.undo()

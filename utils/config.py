@@ -79,8 +79,24 @@ def _hydra_subdir(resume: Any) -> str:
     return f".hydra/resumed_{datetime.now():%y%m%d_%H%M%S_%f}"
 
 
+#: The launch time shared by the processes of one torchrun launch (set by utils.distributed),
+#: so that all of them compose the same run folder.
+RUN_TIME_ENV = "HASHING_RUN_TIME"
+
+
+def _run_time(pattern: str) -> str:
+    """The run's start time formatted with ``pattern`` (as Hydra's ``now``): the shared launch
+    time under torchrun, else the current time (cached per pattern, like ``now``)."""
+    from datetime import datetime
+
+    shared = os.environ.get(RUN_TIME_ENV)
+    return (datetime.fromisoformat(shared) if shared else datetime.now()).strftime(pattern)
+
+
 def register_resolvers() -> None:
     """Register the project's resolvers once (idempotent)."""
+    if not OmegaConf.has_resolver("run_time"):
+        OmegaConf.register_new_resolver("run_time", _run_time, use_cache=True)
     if not OmegaConf.has_resolver("hydra_subdir"):
         OmegaConf.register_new_resolver("hydra_subdir", _hydra_subdir)
     if not OmegaConf.has_resolver("calc"):

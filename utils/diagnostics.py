@@ -322,7 +322,7 @@ def calibration_pairs(trainer, split, batches: int = 8, seed: int = 0
     subset = split.subset(np.sort(order[:size * max(1, min(batches, n // size))]))
     trainer.model.eval()
     sims, targets = [], []
-    loader = torch.utils.data.DataLoader(trainer._dataset(subset, trainer.eval_transform),
+    loader = torch.utils.data.DataLoader(trainer.transformed(subset, trainer.eval_transform),
                                          batch_size=size, shuffle=False, drop_last=True)
     for images, _, _ in loader:
         output = trainer.model(trainer.to_device(images))

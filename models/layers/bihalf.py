@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from utils import distributed
 from utils.errors import ConfigError
 
 
@@ -86,7 +87,14 @@ class BiHalf(nn.Module):
         self.gamma = float(gamma)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return bihalf(u, self.gamma) if self.training else u
+        if not self.training:
+            return u
+        if distributed.world_size() == 1:
+            return bihalf(u, self.gamma)
+        # torchrun: the halves are split over the global batch, as in one process; each rank
+        # keeps its rows (utils/distributed.py: the gather's backward sums over the ranks)
+        start = distributed.rank() * u.shape[0]
+        return bihalf(distributed.all_gather_rows(u), self.gamma)[start:start + u.shape[0]]
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}"

@@ -1,56 +1,54 @@
 """The one training engine. A method's trainer subclasses :class:`Trainer` and implements
 ``training_step(batch) -> dict of named scalar tensors`` (the total under "loss").
 
-The engine owns: data loaders, the epoch loop, optimiser and scheduler steps, device moves,
-the progress bar, TensorBoard scalars, periodic evaluation with the retrieval engine, model
-selection on a validation split, atomic checkpoints and exact resume.
-
-Run directory (design.md §6): config.yaml, train_history.json, test_history.json,
-checkpoints/{last,best}.pt, metrics.json, TensorBoard events, codes/ when asked.
+The engine owns the data loaders, the epoch loop, optimiser, scheduler and loss-scaler steps,
+device moves and mixed precision, and exact resume. It hands the run's files (histories,
+TensorBoard, checkpoints, model selection, metrics.json) to :class:`utils.recording.RunRecorder`
+and scores codes with :func:`models.trainers.evaluation.evaluate_retrieval`, the evaluation
+val.py uses too. config.yaml is written by the composing layer (utils/compose/experiment.py),
+codes/ by ``val.py save_codes=true``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm import tqdm
 
 from datasets.base import TransformedSplit, is_feature_split, split_validation
-from utils.checkpoint import (
-    load_checkpoint,
-    read_json,
-    remove_stale_temporaries,
-    save_checkpoint,
-    write_json,
-)
+from models.layers.global_batchnorm import global_batchnorm
+from models.trainers.evaluation import RetrievalSettings, evaluate_retrieval
+from utils import distributed
+from utils.checkpoint import load_checkpoint
 from utils.config import progress_bars
 from utils.errors import CheckpointError, ConfigError, TrainingError
+from utils.recording import SELECT_ON, RunRecorder
 from utils.resources import resolve_workers
-from utils.retrieval import retrieval_report
 from utils.seed import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-def _map_key(R: int) -> str:
-    return f"mAP@{'all' if int(R) == -1 else int(R)}"
 
 
 class Trainer:
     """Base training engine.
 
     Subclasses set ``views`` (1 = one image per item, 2 = two augmented views) and implement
-    :meth:`training_step`. They may extend :meth:`check_setup` with method-specific checks.
+    :meth:`training_step`, which hands the tensors its loss reads to :meth:`loss`. They may
+    extend :meth:`check_setup` with method-specific checks.
     """
 
     views: int = 1
+    #: The tensors a training step passes to :meth:`loss` stack this many blocks of the rank's
+    #: items along their rows (2 for ``[view 1; view 2]``), 0 when they already hold the global
+    #: batch (see :meth:`loss`).
+    loss_blocks: int = 1
 
     def __init__(self, cfg: DictConfig, model, criterion, data, train_transform,
                  eval_transform, logdir: str | Path, device: torch.device):
@@ -60,6 +58,8 @@ class Trainer:
             isinstance(m, torch.nn.Conv2d) for m in model.backbone.modules())
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if distributed.world_size() > 1:  # batch statistics of the global batch (torchrun)
+            model = global_batchnorm(model, device)
         self.model = model.to(device)
         self.criterion = criterion.to(device)
         self.data = data
@@ -71,10 +71,10 @@ class Trainer:
         self.batch_size = int(cfg.batch_size)
         self.eval_batch_size = int(cfg.get("eval_batch_size") or cfg.batch_size)
         self.num_workers = resolve_workers(cfg.get("num_workers", 0))
-        self.R = int(cfg.dataset.R)
+        self.settings = RetrievalSettings.from_config(cfg)
         self.select_on = str(cfg.get("select_on", "val"))
-        self.zero_relevant = str(cfg.get("zero_relevant", "count"))
-        self.show_bars = progress_bars(cfg.get("progress", "auto"))
+        self.show_bars = progress_bars(cfg.get("progress", "auto")) and distributed.is_main()
+        self.world_size = distributed.world_size()
         self.precision = resolve_precision(cfg.get("precision", "auto"), device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "16-mixed")
         self.validation = split_validation(data.train, cfg.get("val_size", 0.1),
@@ -82,9 +82,9 @@ class Trainer:
         self.optimizer = None
         self.scheduler = None
         self.start_epoch = 0
-        self.best: dict[str, Any] = {"metric": -math.inf, "epoch": None}
-        self.train_history: list[dict] = []
-        self.test_history: list[dict] = []
+        self.recorder = RunRecorder(logdir, self.select_on, self.settings.main_key,
+                                    writes=distributed.is_main())
+        self.validation_codes: tuple[torch.Tensor, torch.Tensor] | None = None
         self.check_setup()
 
     # ------------------------------------------------------------------ method hooks
@@ -98,6 +98,10 @@ class Trainer:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size % self.world_size:
+            raise ConfigError(f"batch_size={self.batch_size} is the global batch, split evenly "
+                              f"over the {self.world_size} processes of this torchrun launch: "
+                              f"use a multiple of {self.world_size}")
         n_train = len(self.data.train)
         if n_train < self.batch_size:
             raise ConfigError(f"The training split has {n_train} items, fewer than one batch "
@@ -108,10 +112,11 @@ class Trainer:
             raise ConfigError(f"model={self.cfg.model.name} trains on {self.views} view(s) per "
                               f"image but transforms gives {views}: use the method's own "
                               "transforms (drop the transforms= override)")
-        if self.select_on not in ("val", "query", "last"):
+        if self.select_on not in SELECT_ON:
             raise ConfigError(f"select_on must be val, query or last, got {self.select_on!r}")
-        if self.zero_relevant not in ("count", "skip"):
-            raise ConfigError(f"zero_relevant must be count or skip, got {self.zero_relevant!r}")
+        if self.settings.zero_relevant not in ("count", "skip"):
+            raise ConfigError("zero_relevant must be count or skip, got "
+                              f"{self.settings.zero_relevant!r}")
         if self.views > 1 and is_feature_split(self.data.train):
             raise ConfigError(f"model={self.cfg.model.name} learns from {self.views} augmented "
                               f"views of each image, but dataset={self.cfg.dataset.name} holds "
@@ -130,19 +135,28 @@ class Trainer:
             return images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
         return images.to(self.device, non_blocking=True)
 
-    def _dataset(self, split, transform):
+    def transformed(self, split, transform) -> TransformedSplit:
+        """``split`` read through ``transform`` (a torch Dataset of (image(s), label, index))."""
         return TransformedSplit(split, transform)
 
     def train_loader(self, epoch: int) -> DataLoader:
+        """This epoch's shuffled full batches of ``batch_size`` (seeded from (seed, epoch)); under
+        torchrun each rank loads its slice of every global batch. A random transform draws the
+        augmentation of item i from a seed of (seed, epoch, i), so the views do not depend on
+        the batch order, the loader workers or the number of processes."""
         generator = torch.Generator()
         generator.manual_seed(derive_seed(int(self.cfg.seed), epoch, 1))
-        return DataLoader(self._dataset(self.data.train, self.train_transform),
-                          batch_size=self.batch_size, shuffle=True, drop_last=True,
+        dataset = TransformedSplit(self.data.train, self.train_transform,
+                                   item_seed=derive_seed(int(self.cfg.seed), epoch, 2))
+        # the sampler and batcher DataLoader(shuffle=True, drop_last=True) builds, same RNG use
+        batches = BatchSampler(RandomSampler(dataset, generator=generator), self.batch_size,
+                               drop_last=True)
+        return DataLoader(dataset, batch_sampler=distributed.RankSlices(batches),
                           num_workers=self.num_workers, generator=generator,
                           pin_memory=self.device.type == "cuda")
 
     def eval_loader(self, split) -> DataLoader:
-        return DataLoader(self._dataset(split, self.eval_transform),
+        return DataLoader(self.transformed(split, self.eval_transform),
                           batch_size=self.eval_batch_size, shuffle=False,
                           num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
 
@@ -151,64 +165,68 @@ class Trainer:
         dtype = {"bf16": torch.bfloat16, "16-mixed": torch.float16}.get(self.precision)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
+    def loss(self, *tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The criterion on the global batch.
+
+        Under torchrun each tensor (rows: ``loss_blocks`` blocks of this rank's items) is first
+        gathered from every rank with :func:`utils.distributed.all_gather_rows`, keeping the
+        single-process row order, because every loss here couples the rows of a batch: SDC
+        pairs rows and sorts the batch's similarities against its Beta targets, UGH and BiHalf
+        pair row k with row k + M/2, NT-Xent (SDC-SimCLR, CIBHash) takes its negatives from the
+        other rows, NSH ranks every row against the batch, WCH weighs every image against the
+        others (its trainer gathers the tokens before the head and sets ``loss_blocks = 0``).
+        BiHalf's per-batch median is taken in its layer (models/layers/bihalf.py gathers too).
+        """
+        if self.loss_blocks and self.world_size > 1:
+            tensors = tuple(distributed.all_gather_rows(t, self.loss_blocks) for t in tensors)
+        return self.criterion(*tensors)
+
     @torch.no_grad()
     def encode(self, split, desc: str = "encode") -> torch.Tensor:
-        """Continuous codes (N, K) of a split, in split order, on the CPU."""
+        """Continuous codes (N, K) of a split, in split order, on the CPU. Under torchrun each
+        rank encodes a contiguous shard and the shards are gathered on every rank."""
         self.model.eval()
-        codes = []
+        if self.world_size > 1:
+            start, stop = distributed.shard_bounds(len(split))
+            shard = self._encode(split.subset(np.arange(start, stop)), desc)
+            return distributed.gather_shards(shard.to(self.device), len(split)).cpu()
+        return self._encode(split, desc)
+
+    def _encode(self, split, desc: str) -> torch.Tensor:
+        codes = [torch.zeros(0, int(self.cfg.model.nbit))]  # an empty shard is (0, K)
         for images, _, _ in tqdm(self.eval_loader(split), desc=desc, leave=False,
                                  disable=not self.show_bars):
             with self.autocast():
                 codes.append(self.model.encode(self.to_device(images)).float().cpu())
         return torch.cat(codes)
 
-    def retrieve(self, query_codes, db_codes, query_labels, db_labels, **kwargs) -> dict:
-        """retrieval_report with this run's zero_relevant rule; on CUDA the codes go back to the
-        GPU, where the engine's torch backend scores them (numba kernels on the CPU)."""
-        if self.device.type == "cuda":
-            query_codes, db_codes = query_codes.to(self.device), db_codes.to(self.device)
-        return retrieval_report(query_codes, db_codes, query_labels, db_labels,
-                                zero_relevant=self.zero_relevant, **kwargs)
-
-    def report(self, query_codes, db_codes, query_labels, db_labels, R=None) -> dict:
-        return self.retrieve(query_codes, db_codes, query_labels, db_labels,
-                             R=self.R if R is None else R, ks=tuple(self.cfg.ks),
-                             radius=int(self.cfg.radius), pr_curve=False)
-
     def evaluate(self) -> dict[str, float]:
         """Query-vs-database metrics of the current model."""
-        query = self.encode(self.data.query, "encode queries")
-        database = self.encode(self.data.database, "encode database")
-        return self.report(query, database, self.data.query.labels, self.data.database.labels)
+        return evaluate_retrieval(self.encode, self.data.query, self.data.database,
+                                  self.settings, self.device).metrics
 
     def evaluate_validation(self) -> float:
-        """mAP@R of validation queries against the rest of the training split."""
-        val_queries, val_database = self.validation
-        query = self.encode(val_queries, "encode validation")
-        database = self.encode(val_database, "encode validation db")
-        self.validation_codes = (query, database)  # reused by the diagnostics of this evaluation
-        report = self.retrieve(query, database, val_queries.labels, val_database.labels,
-                               R=self.R, ks=(1,), radius=0, pr_curve=False)
-        return report[_map_key(self.R)]
+        """mAP@R of the validation queries against the rest of the training split; the codes
+        stay in ``validation_codes`` for the diagnostics of this evaluation."""
+        settings = RetrievalSettings(self.settings.R, zero_relevant=self.settings.zero_relevant)
+        result = evaluate_retrieval(self.encode, *self.validation, settings, self.device,
+                                    names=("validation", "validation db"))
+        self.validation_codes = (result.query_codes, result.database_codes)
+        return result.metrics[self.settings.main_key]
 
     # ------------------------------------------------------------------ checkpoints
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.logdir / "checkpoints"
-
     def training_state(self, epoch: int) -> dict:
+        """What last.pt holds besides the selection state (which the recorder adds)."""
         return {"model": self.model.trainable_state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "grad_scaler": self.scaler.state_dict(),
-                "epoch": epoch,
-                "best_metric": float(self.best["metric"]),
-                "best_epoch": -1 if self.best["epoch"] is None else int(self.best["epoch"])}
+                "epoch": epoch}
 
     def resume_from(self, logdir: str | Path) -> None:
-        """Continue the run in ``logdir`` from checkpoints/last.pt; histories are cut back to
-        the checkpoint's epoch so that the continued run equals an uninterrupted one. A run
-        killed before its first checkpoint (e.g. during feature extraction) starts at epoch 0."""
+        """Continue the run in ``logdir`` from checkpoints/last.pt (histories cut back to its
+        epoch, so that the continued run equals an uninterrupted one). A run killed before its
+        first checkpoint (e.g. during feature extraction) starts at epoch 0."""
         path = Path(logdir) / "checkpoints" / "last.pt"
         if not path.exists():
             if (Path(logdir) / "metrics.json").exists():
@@ -216,7 +234,6 @@ class Trainer:
                                       "restore it, or start a new run (nothing was changed)")
             log.warning("%s has no checkpoint yet (stopped during its first epoch): training "
                         "from the start", logdir)
-            self.train_history, self.test_history = [], []
             return
         state = load_checkpoint(path, self.device)
         load_model_state(self.model, state["model"])
@@ -224,35 +241,26 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("grad_scaler"):  # 16-mixed: the loss scale goes on where it was
             self.scaler.load_state_dict(state["grad_scaler"])
-        self.start_epoch = int(state["epoch"])
-        self.best = {"metric": float(state["best_metric"]),
-                     "epoch": None if state["best_epoch"] < 0 else int(state["best_epoch"])}
-        keep = lambda rows: [r for r in rows if r["epoch"] <= self.start_epoch]  # noqa: E731
-        self.train_history = keep(read_json(self.logdir / "train_history.json", []))
-        self.test_history = keep(read_json(self.logdir / "test_history.json", []))
+        self.start_epoch = self.recorder.restore(state)
         log.info("Resumed %s at epoch %d", logdir, self.start_epoch)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, optimizer, scheduler, resume: str | Path | None = None) -> dict[str, Any]:
         """Train for the configured epochs; returns the final metrics (also metrics.json)."""
-        from torch.utils.tensorboard import SummaryWriter
-
         self.optimizer, self.scheduler = optimizer, scheduler
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        distributed.broadcast_module(self.model)  # every rank starts from rank 0's weights
         if resume:
             self.resume_from(resume)
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        for folder in (self.logdir, self.checkpoint_dir):  # left by a writer that was killed
-            remove_stale_temporaries(folder)
-        writer = SummaryWriter(log_dir=str(self.logdir))
-        key = _map_key(self.R)
         if self.select_on == "query":
             log.warning("select_on=query: the best checkpoint is chosen on the test queries, "
                         "as in the paper; its numbers are optimistic")
         started = time.time()
         final: dict[str, float] = {}
+        self.recorder.open()
         try:
             for epoch in range(self.start_epoch, self.epochs):
-                row = {"epoch": epoch + 1}
+                row: dict[str, Any] = {"epoch": epoch + 1}
                 for i, group in enumerate(self.optimizer.param_groups):
                     row[f"lr/{group.get('name', i)}"] = group["lr"]
                 epoch_started = time.time()
@@ -262,68 +270,41 @@ class Trainer:
                              ", ".join(f"{k[len('train_'):]} {v:.4f}" for k, v in row.items()
                                        if k.startswith("train_")), time.time() - epoch_started)
                 self.scheduler.step()
-                for name, value in row.items():
-                    if name != "epoch":
-                        writer.add_scalar(name if name.startswith("lr/") else
-                                          "train/" + name[len("train_"):], value, epoch + 1)
-                self.train_history.append(row)
-
-                last_epoch = epoch + 1 == self.epochs
+                self.recorder.add_train_row(row)
                 interval = int(self.cfg.eval_interval)
-                if last_epoch or (interval > 0 and (epoch + 1) % interval == 0):
-                    metrics = self.evaluate_epoch(epoch + 1, writer, key)
-                    if last_epoch:
-                        final = metrics
-                write_json(self.train_history, self.logdir / "train_history.json")
-                write_json(self.test_history, self.logdir / "test_history.json")
-                save_checkpoint(self.training_state(epoch + 1), self.checkpoint_dir / "last.pt")
+                if epoch + 1 == self.epochs:
+                    final = self.evaluate_epoch(epoch + 1)
+                elif interval > 0 and (epoch + 1) % interval == 0:
+                    self.evaluate_epoch(epoch + 1)
+                self.recorder.save(self.training_state(epoch + 1))
         finally:
-            writer.close()
+            self.recorder.close()
         if not final:  # resumed a finished run: report its final evaluation again
             final = self.evaluate()
-        return self.write_metrics(final, time.time() - started, key)
+        return self.write_metrics(final, time.time() - started)
 
-    def evaluate_epoch(self, epoch: int, writer, key: str) -> dict[str, float]:
-        """Evaluate on the queries (and the validation split), record the row in
-        test_history and TensorBoard, update best.pt; returns the query metrics."""
+    def evaluate_epoch(self, epoch: int) -> dict[str, float]:
+        """Evaluate on the queries (and the validation split), record the row (history,
+        TensorBoard, diagnostics), let the recorder update best.pt; returns the query metrics."""
+        key = self.settings.main_key
         metrics = self.evaluate()
         test_row = {"epoch": epoch, **metrics}
         if self.validation is not None:
             test_row[f"val_{key}"] = self.evaluate_validation()
-        self.test_history.append(test_row)
-        for name, value in test_row.items():
-            if name != "epoch":
-                writer.add_scalar(f"eval/{name}", value, epoch)
-        from utils.diagnostics import log_diagnostics  # code diagnostics (TensorBoard diag/)
+        self.recorder.add_test_row(test_row)
+        if self.recorder.tensorboard is not None:
+            from utils.diagnostics import log_diagnostics  # code diagnostics (TensorBoard diag/)
 
-        log_diagnostics(self, writer, epoch, getattr(self, "validation_codes", None))
+            log_diagnostics(self, self.recorder.tensorboard, epoch, self.validation_codes)
         log.info("epoch %d: %s %.4f%s", epoch, key, metrics[key],
                  f", val {test_row[f'val_{key}']:.4f}" if self.validation else "")
-        self.update_best(test_row, epoch, key)
+        self.recorder.select(test_row, self.model.trainable_state_dict)
         return metrics
 
-    def update_best(self, test_row: dict, epoch: int, key: str) -> None:
-        score = {"val": test_row.get(f"val_{key}"), "query": test_row[key],
-                 "last": float(epoch)}[self.select_on]
-        if score is not None and score > self.best["metric"]:  # strict: the earliest wins ties
-            self.best = {"metric": float(score), "epoch": epoch}
-            save_checkpoint({"model": self.model.trainable_state_dict(), "epoch": epoch,
-                             "selected_on": self.select_on, "metric": float(score)},
-                            self.checkpoint_dir / "best.pt")
-
-    def write_metrics(self, final: dict, seconds: float, key: str) -> dict:
-        best_row = next((r for r in self.test_history if r["epoch"] == self.best["epoch"]), None)
-        metrics = {"last": {"epoch": self.epochs, **final},
-                   "best": None if best_row is None else
-                   {"selected_on": self.select_on, **best_row},
-                   "main_metric": key,
-                   "train_seconds": seconds,
-                   "split_sizes": {"train": len(self.data.train), "query": len(self.data.query),
-                                   "database": len(self.data.database),
-                                   "validation": 0 if self.validation is None
-                                   else len(self.validation[0])}}
-        write_json(metrics, self.logdir / "metrics.json")
-        return metrics
+    def write_metrics(self, final: dict, seconds: float) -> dict:
+        sizes = {name: len(getattr(self.data, name)) for name in ("train", "query", "database")}
+        sizes["validation"] = 0 if self.validation is None else len(self.validation[0])
+        return self.recorder.write_metrics(final, self.epochs, seconds, sizes)
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         seed_everything(derive_seed(int(self.cfg.seed), epoch))
@@ -344,6 +325,7 @@ class Trainer:
                                     "last good checkpoint is checkpoints/last.pt")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()  # the identity unless precision=16-mixed
+            distributed.average_gradients(self.trainable)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             rows = len(batch[1])

@@ -28,4 +28,4 @@ class CIBHashTrainer(Trainer):
         # BatchNorm in train mode would see 2B-row instead of B-row batch statistics.
         output = self.model(torch.cat([view_i, view_j]))
         prob, codes = output.extra["prob"], output.codes
-        return self.criterion(prob[:n], prob[n:], codes[:n], codes[n:])
+        return self.loss(prob[:n], prob[n:], codes[:n], codes[n:])

@@ -2,10 +2,10 @@
 
 ``fit`` encodes the training split once through the frozen backbone (eval transform, no
 augmentation, eval mode, no gradients), fits the head's projection on those features
-(``head.fit(features, seed)``), then runs the engine's standard final evaluation and writes the
-same artefacts as :meth:`Trainer.fit`: train_history.json (one row: fit time and the head's fit
-statistics), test_history.json, TensorBoard scalars, checkpoints/last.pt and best.pt (the model
-state holds the fitted buffers), metrics.json.
+(``head.fit(features, seed)``), then evaluates once with the engine's evaluation and records
+the run with the engine's :class:`utils.recording.RunRecorder`: train_history.json (one row:
+fit time and the head's fit statistics), test_history.json, TensorBoard scalars,
+checkpoints/last.pt and best.pt (the model state holds the fitted buffers), metrics.json.
 
 The engine skips building an optimiser and a scheduler for trainers with ``closed_form = True``
 (a head without trainable parameters would make build_optimizer fail); ``fit`` receives None.
@@ -21,8 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from models.trainers.base import Trainer, _map_key
-from utils.checkpoint import save_checkpoint, write_json
+from models.trainers.base import Trainer
 from utils.errors import ConfigError
 from utils.seed import derive_seed
 
@@ -63,16 +62,12 @@ class ClosedFormTrainer(Trainer):
         ``optimizer`` and ``scheduler`` are ignored (None from the engine). ``resume`` refits:
         the fit is deterministic given the seed, so the result equals the original run's.
         """
-        from torch.utils.tensorboard import SummaryWriter
-
         if resume:
             log.info("%s is fitted in closed form: resuming refits it from scratch",
                      self.cfg.model.name)
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        key = _map_key(self.R)
         epoch = self.epochs
         started = time.time()
-        writer = SummaryWriter(log_dir=str(self.logdir))
+        self.recorder.open()
         try:
             features = self.train_features()
             fit_started = time.time()
@@ -82,21 +77,13 @@ class ClosedFormTrainer(Trainer):
             for name, value in info.items():
                 if isinstance(value, (list, tuple)):  # a per-iteration curve: TensorBoard only
                     for step, item in enumerate(value):
-                        writer.add_scalar(f"fit/{name}", float(item), step)
+                        self.recorder.scalar(f"fit/{name}", float(item), step)
                 else:
                     row[f"train_{name}"] = float(value)
-                    writer.add_scalar(f"train/{name}", float(value), epoch)
-            self.train_history = [row]
-            write_json(self.train_history, self.logdir / "train_history.json")
-
-            self.test_history = []
-            metrics = self.evaluate_epoch(epoch, writer, key)  # also writes checkpoints/best.pt
-            write_json(self.test_history, self.logdir / "test_history.json")
-            save_checkpoint({"model": self.model.trainable_state_dict(), "epoch": epoch,
-                             "closed_form": True, "best_metric": float(self.best["metric"]),
-                             "best_epoch": -1 if self.best["epoch"] is None
-                             else int(self.best["epoch"])},
-                            self.checkpoint_dir / "last.pt")
+            self.recorder.add_train_row(row)
+            metrics = self.evaluate_epoch(epoch)  # the recorder writes checkpoints/best.pt
+            self.recorder.save({"model": self.model.trainable_state_dict(), "epoch": epoch,
+                                "closed_form": True})
         finally:
-            writer.close()
-        return self.write_metrics(metrics, time.time() - started, key)
+            self.recorder.close()
+        return self.write_metrics(metrics, time.time() - started)

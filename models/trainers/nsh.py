@@ -12,6 +12,7 @@ from utils.errors import ConfigError
 
 class NSHTrainer(Trainer):
     views = 2
+    loss_blocks = 2  # the loss reads the codes and latents of [view 1; view 2]
 
     def check_setup(self) -> None:
         super().check_setup()
@@ -24,4 +25,4 @@ class NSHTrainer(Trainer):
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         view1, view2 = self.to_device(batch[0])
         output = self.model(torch.cat([view1, view2]))
-        return self.criterion(output.codes, output.extra["latent"])
+        return self.loss(output.codes, output.extra["latent"])

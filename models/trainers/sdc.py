@@ -26,10 +26,11 @@ class SDCTrainer(Trainer):
         if isinstance(images, list):
             images = torch.cat(images)
         output = self.model(images)
-        return self.criterion(output.features, output.codes)
+        return self.loss(output.features, output.codes)
 
 
 class SDCSimCLRTrainer(SDCTrainer):
     """Same step on two augmented views (M = 2B rows, four-block calibration pairs)."""
 
     views = 2
+    loss_blocks = 2  # the loss reads [view 1; view 2]

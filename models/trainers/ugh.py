@@ -28,4 +28,4 @@ class UGHTrainer(Trainer):
 
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         output = self.model(self.to_device(batch[0]))
-        return self.criterion(output.features, output.codes, output.extra["binary"])
+        return self.loss(output.features, output.codes, output.extra["binary"])

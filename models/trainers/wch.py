@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from models.trainers.base import Trainer
+from utils import distributed
 from utils.errors import ConfigError
 
 
@@ -29,7 +30,13 @@ class WCHTrainer(Trainer):
                 return self.model.backbone_input(images)
         return self.model.backbone_input(images)
 
+    # the head weighs every image of the batch against the others, so under torchrun the
+    # tokens of the global batch go through it (on every rank) and the loss needs no gather
+    loss_blocks = 0
+
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         view1, view2 = self.to_device(batch[0])
-        h1, h2, weighted = self.model.head.train_forward(self.tokens(view1), self.tokens(view2))
-        return self.criterion(h1, h2, weighted)
+        tokens1 = distributed.all_gather_rows(self.tokens(view1))
+        tokens2 = distributed.all_gather_rows(self.tokens(view2))
+        h1, h2, weighted = self.model.head.train_forward(tokens1, tokens2)
+        return self.loss(h1, h2, weighted)

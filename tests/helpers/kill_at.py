@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 import datasets.feature_cache as feature_cache  # noqa: E402
-import models.trainers.base as base  # noqa: E402
+import models.trainers.evaluation as evaluation  # noqa: E402
 from models.backbone.simple import Tiny  # noqa: E402
 
 feature_cache.SHARD = 256
@@ -52,7 +52,7 @@ def main() -> None:
     if point == "backward":
         torch.Tensor.backward = counting(torch.Tensor.backward, n)
     elif point == "report":
-        base.retrieval_report = counting(base.retrieval_report, n)
+        evaluation.retrieval_report = counting(evaluation.retrieval_report, n)
     elif point == "last_pt":
         original_save = torch.save
         calls = {"n": 0}

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from utils import resources
+from utils import distributed, resources
 from utils.checkpoint import load_checkpoint, read_json, write_json, write_npz
 from utils.compose import build
 from utils.config import load_run_config, save_config, to_plain
@@ -34,7 +34,8 @@ def exit_on_user_error(function):
             user_error = build.user_error_in(error)
             if user_error is None:
                 raise
-            print(f"error: {user_error}", file=sys.stderr)
+            if distributed.is_main():  # torchrun: every rank fails alike, one of them says why
+                print(f"error: {user_error}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted: resume with resume=<run dir>", file=sys.stderr)
@@ -47,6 +48,8 @@ def build_trainer(cfg: DictConfig, logdir: str | Path):
     """Everything a run needs, built from its resolved config."""
     seed_everything(run_seed(cfg.seed))
     device = resources.resolve_device(cfg.device)
+    if distributed.active() and device.type == "cuda":  # torchrun: one GPU per process
+        device = torch.device("cuda", distributed.local_rank())
     data = build.build_data(cfg)
     model = build.build_model(cfg)
     criterion = build.build_criterion(cfg)
@@ -134,14 +137,15 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     logdir = Path(cfg.logdir)
     logdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    if not cfg.get("resume"):  # before the feature extraction, so a run killed there resumes
+    main = distributed.is_main()  # under torchrun only rank 0 writes
+    if main and not cfg.get("resume"):  # before the extraction, so a run killed there resumes
         save_config(cfg, logdir / "config.yaml")
     trainer = build_trainer(cfg, logdir)
     sizes = {k: len(getattr(trainer.data, k)) for k in ("train", "query", "database")}
     log.info("%s on %s (%s): train %d, query %d, database %d, device %s", cfg.model.name,
              cfg.dataset.name, cfg.backbone._target_, sizes["train"], sizes["query"],
              sizes["database"], trainer.device)
-    if changed:
+    if changed and main:
         log.info("resume with changed settings: %s (the scheduler keeps its saved settings)",
                  ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
         record = {k: v for k, v in cfg.items() if k != "resume"}
@@ -153,8 +157,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         scheduler = build.build_scheduler(cfg, optimizer)
     metrics = trainer.fit(optimizer, scheduler, resume=cfg.get("resume"))
     metrics["wall_seconds"] = time.time() - started
-    write_json(metrics, logdir / "metrics.json")
-    print_metrics(metrics, logdir)
+    if main:
+        write_json(metrics, logdir / "metrics.json")
+        print_metrics(metrics, logdir)
     return metrics
 
 
@@ -222,11 +227,12 @@ def validate(vcfg: DictConfig) -> dict[str, Any]:
     from models.trainers.base import load_model_state
 
     load_model_state(trainer.model, state["model"])
-    query = trainer.encode(trainer.data.query, "encode queries")
-    database = trainer.encode(trainer.data.database, "encode database")
-    report = trainer.retrieve(query, database, trainer.data.query.labels,
-                              trainer.data.database.labels, R=trainer.R, ks=tuple(cfg.ks),
-                              radius=int(cfg.radius), pr_curve=bool(vcfg.pr_curve))
+    from models.trainers.evaluation import RetrievalSettings, evaluate_retrieval
+
+    evaluation = evaluate_retrieval(trainer.encode, trainer.data.query, trainer.data.database,
+                                    RetrievalSettings.from_config(cfg, pr_curve=bool(vcfg.pr_curve)),
+                                    trainer.device)
+    report, query, database = evaluation.metrics, evaluation.query_codes, evaluation.database_codes
     result = {"checkpoint": name, "epoch": int(state.get("epoch", -1)), **report}
     write_json(result, logdir / f"eval_{name}.json")
     if vcfg.save_codes:
