@@ -10,6 +10,9 @@ each with torch's default intra-op threads (every core). "joblib" runs ``--jobs`
 per core) jobs side by side, each choosing its threads with threads=auto (one for a head on
 precomputed features). Both are timed as whole ``main_v2.py -m`` commands (Python start-up,
 data, training, evaluation, writing), and the mAP of every run is compared between the two.
+
+Then one run (SDC, digits, 64 bits, seed 1, the same epochs) alone and as a 2-process CPU
+torchrun launch (gloo): no speed goal on a CPU, the line shows what the processes cost.
 """
 
 from __future__ import annotations
@@ -45,6 +48,23 @@ def sweep(folder: Path, launcher: list[str], overrides: list[str]) -> tuple[floa
         metrics = json.loads(path.read_text())
         maps[path.parent.name] = metrics["last"][metrics["main_metric"]]
     return seconds, maps
+
+
+def one_run(folder: Path, overrides: list[str], processes: int) -> tuple[float, float]:
+    """Seconds of one ``main_v2.py`` run (under torchrun when ``processes`` > 1) and its mAP."""
+    runner = [sys.executable]
+    if processes > 1:
+        runner += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
+    started = time.perf_counter()
+    result = subprocess.run([*runner, str(REPO / "main_v2.py"), *overrides,
+                             f"hydra.run.dir={folder}"], cwd=folder.parent, env=env,
+                            capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"error: the run in {folder} failed:\n{result.stderr[-2000:]}")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return seconds, metrics["last"][metrics["main_metric"]]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,6 +105,15 @@ def main(argv: list[str] | None = None) -> dict:
               f"{out['joblib_runs_per_hour']:7.1f} runs/hour")
         print(f"  ratio: {out['ratio']:.2f}x   largest mAP difference between the two: {diff:.2e}"
               " (thread counts change float summation order)")
+        single = [o for o in overrides if not o.startswith(("model.nbit=", "seed="))]
+        single += ["model.nbit=64", "seed=1", "threads=1"]
+        one_s, one_map = one_run(folder / "one_process", single, 1)
+        two_s, two_map = one_run(folder / "torchrun_2", single, 2)
+        out.update({"one_process_s": one_s, "torchrun_2_s": two_s,
+                    "torchrun_map_difference": abs(one_map - two_map)})
+        print(f"one run, 1 process : {one_s:6.1f} s  mAP {one_map:.4f}")
+        print(f"one run, torchrun 2 CPU processes (gloo): {two_s:6.1f} s  mAP {two_map:.4f}  "
+              f"({two_s / one_s:.2f}x the time: process start-up and the gathers; no goal on CPU)")
         return out
 
     return run_in_scratch(args.logdir, run)

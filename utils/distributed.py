@@ -26,7 +26,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -143,7 +143,7 @@ def all_gather_rows(rows: torch.Tensor, blocks: int = 1) -> torch.Tensor:
     return torch.cat([_AllGatherRows.apply(block) for block in rows.chunk(blocks)])
 
 
-def average_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     """Average ``.grad`` over the ranks (in one flat buffer), as DistributedDataParallel does
     after backward; a parameter without a gradient counts as zero."""
     if not active():

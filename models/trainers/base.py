@@ -248,7 +248,6 @@ class Trainer:
     def fit(self, optimizer, scheduler, resume: str | Path | None = None) -> dict[str, Any]:
         """Train for the configured epochs; returns the final metrics (also metrics.json)."""
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         distributed.broadcast_module(self.model)  # every rank starts from rank 0's weights
         if resume:
             self.resume_from(resume)
@@ -325,7 +324,7 @@ class Trainer:
                                     "last good checkpoint is checkpoints/last.pt")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()  # the identity unless precision=16-mixed
-            distributed.average_gradients(self.trainable)
+            distributed.average_gradients(self.model.parameters())
             self.scaler.step(self.optimizer)
             self.scaler.update()
             rows = len(batch[1])

@@ -16,3 +16,6 @@ def test_bench_sweep_quick(tmp_path):
     assert re.search(r"joblib n_jobs=\d+, threads=auto +: +\d+\.\d s", out)
     assert re.search(r"ratio: \d+\.\d\dx", out)
     assert len(list((tmp_path / "b" / "joblib").rglob("metrics.json"))) == 2
+    assert re.search(r"one run, 1 process : +\d+\.\d s", out)
+    assert re.search(r"torchrun 2 CPU processes \(gloo\): +\d+\.\d s", out)
+    assert (tmp_path / "b" / "torchrun_2" / "metrics.json").is_file()
