@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -16,29 +14,10 @@ from utils import build
 from utils.checkpoint import load_checkpoint, read_json, write_json, write_npz
 from utils.config import load_run_config, save_config, to_plain
 from utils.errors import CheckpointError, ConfigError, UserError
+from utils.errors import exit_on_user_error as exit_on_user_error  # the entry points' wrapper
 from utils.seed import run_seed, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-def exit_on_user_error(function):
-    """Turn a UserError into one line on stderr and exit status 2 (no traceback)."""
-
-    @wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except Exception as error:
-            user_error = build.user_error_in(error)
-            if user_error is None:
-                raise
-            print(f"error: {user_error}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted: resume with resume=<run dir>", file=sys.stderr)
-            sys.exit(130)
-
-    return wrapper
 
 
 def build_trainer(cfg: DictConfig, logdir: str | Path):

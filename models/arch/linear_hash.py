@@ -147,7 +147,7 @@ class ITQHead(LinearHashHead):
     def __init__(self, in_features: int, nbit: int, iterations: int = 50):
         super().__init__(in_features, nbit)
         if int(iterations) < 0:
-            raise ConfigError(f"ITQ: iterations must be >= 0, got {iterations}")
+            raise ValueError(f"ITQ: iterations must be >= 0, got {iterations}")
         self.iterations = int(iterations)
         self.quantization_losses: list[float] = []
         self.rotation: np.ndarray | None = None

@@ -10,8 +10,7 @@ A backbone is an ``nn.Module`` that maps images to one feature vector per image:
 - ``deterministic: bool`` -- in eval mode the output depends only on the input (so features of
   a frozen backbone may be cached).
 
-Freezing is the engine's job (``requires_grad_(False)`` + ``eval()``); :func:`freeze` does exactly
-that for callers that want it in one line.
+Freezing is the engine's job (``requires_grad_(False)`` + ``eval()``).
 """
 
 from __future__ import annotations
@@ -64,8 +63,3 @@ class ImageNormalize(nn.Module):
             images = images.expand(-1, 3, -1, -1)
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
-
-def freeze(backbone: nn.Module) -> nn.Module:
-    """Turn off gradients and put ``backbone`` in eval mode (in place); returns it."""
-    backbone.requires_grad_(False)
-    return backbone.eval()

@@ -13,7 +13,7 @@ Forward in training, per bit (column) j independently: sort u_{.j} in descending
 - Deviation from the SDC reference (kept on purpose): the reference thresholds strictly above the
   lower median, which gives FEWER than half +1 when values tie at the median; we follow the
   original BiHalf code, which sorts and assigns exactly half. Without ties both rules agree.
-- N = 1 has no half to assign: ConfigError.
+- N = 1 has no half to assign: ValueError.
 
 Backward: dL/du = dL/db + (gamma / (N K)) (u - b): the straight-through gradient plus the gradient
 of gamma / (2 N K) ||u - b||^2 with b held fixed (gamma = 6 in the paper and the reference).
@@ -27,8 +27,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from utils.errors import ConfigError
-
 
 def bihalf_codes(u: torch.Tensor) -> torch.Tensor:
     """The bi-half forward (no gradient): (N, K) -> (N, K) of +-1 in u's dtype; see module doc."""
@@ -36,8 +34,8 @@ def bihalf_codes(u: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"bi-half expects a (rows, bits) matrix, got shape {tuple(u.shape)}")
     n = u.shape[0]
     if n < 2:
-        raise ConfigError("bi-half needs at least two rows per bit (a training batch of one has "
-                          "no half to set to +1): use batch_size >= 2")
+        raise ValueError("bi-half needs at least two rows per bit (a training batch of one has "
+                         f"no half to set to +1), got shape {tuple(u.shape)}")
     # stable descending sort: among equal values the lower row index comes first (gets +1)
     order = torch.sort(u.detach(), dim=0, descending=True, stable=True).indices
     codes = torch.full_like(u, -1.0)

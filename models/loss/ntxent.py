@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -26,13 +25,3 @@ def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float) -> torch.T
     positives = (torch.arange(2 * n, device=z.device) + n) % (2 * n)
     return F.cross_entropy(similarity, positives)
 
-
-class NTXentLoss(nn.Module):
-    """Module wrapper of :func:`nt_xent` with a fixed temperature (0.3 in SDC and CIBHash)."""
-
-    def __init__(self, temperature: float = 0.3):
-        super().__init__()
-        self.temperature = float(temperature)
-
-    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
-        return nt_xent(z_i, z_j, self.temperature)

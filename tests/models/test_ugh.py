@@ -40,7 +40,7 @@ def test_odd_row_is_dropped_from_the_pairs_but_not_from_the_quantisation():
     terms = UGHLoss()(x5, h5, torch.sign(h5))
     assert terms["mse"].item() == pytest.approx(0.125, abs=1e-7)
     assert terms["quan"].item() == pytest.approx((2.25 + 8) / 20, abs=1e-7)
-    with pytest.raises(ConfigError, match="at least two rows"):
+    with pytest.raises(ValueError, match="at least two rows"):
         UGHLoss()(X[:1], H[:1], B[:1])
 
 
