@@ -113,3 +113,13 @@ def test_batch_of_one_is_rejected(tmp_path):
     cfg = compose(["model=ugh", "backbone=tiny", "val_size=0", "select_on=last", "batch_size=1"])
     with pytest.raises(ConfigError, match="batch_size must be at least 2"):
         build_trainer(cfg, tmp_path)
+
+
+def test_a_run_saved_under_the_trainers_old_name_still_loads():
+    # config.yaml of runs saved before the rename: model.trainer = models.trainers.ugh.UGHTrainer
+    from hydra.utils import get_class
+
+    from models.trainers.paired_codes import PairedCodesTrainer
+
+    assert get_class("models.trainers.ugh.UGHTrainer") is PairedCodesTrainer
+    assert get_class(compose(["model=ugh"]).model.trainer) is PairedCodesTrainer
