@@ -24,6 +24,8 @@ by sign at 0 (not by the median), as the reference.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -52,14 +54,14 @@ class BiHalfFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, gamma: float) -> torch.Tensor:
+    def forward(ctx: Any, u: torch.Tensor, gamma: float) -> torch.Tensor:  # ctx: FunctionCtx + gamma
         codes = bihalf_codes(u)
         ctx.save_for_backward(u, codes)
         ctx.gamma = float(gamma)
         return codes
 
     @staticmethod
-    def backward(ctx, grad_codes: torch.Tensor):
+    def backward(ctx: Any, grad_codes: torch.Tensor) -> tuple[torch.Tensor, None]:
         u, codes = ctx.saved_tensors
         n, k = u.shape
         grad_u = grad_codes + (ctx.gamma / (n * k)) * (u - codes)
@@ -68,7 +70,7 @@ class BiHalfFunction(torch.autograd.Function):
 
 def bihalf(u: torch.Tensor, gamma: float) -> torch.Tensor:
     """Training-mode bi-half of u (N, K) with weight gamma; see :class:`BiHalfFunction`."""
-    return BiHalfFunction.apply(u, float(gamma))
+    return cast(torch.Tensor, BiHalfFunction.apply(u, float(gamma)))  # apply is typed Any in torch
 
 
 class BiHalf(nn.Module):
