@@ -17,6 +17,8 @@ def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float) -> torch.T
     if z_i.shape != z_j.shape or z_i.dim() != 2:
         raise ValueError(f"nt_xent needs two (n, d) views of equal shape, got "
                          f"{tuple(z_i.shape)} and {tuple(z_j.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"NT-Xent temperature must be > 0, got {temperature}")
     n = z_i.shape[0]
     z = F.normalize(torch.cat([z_i, z_j]), dim=1, eps=1e-8)
     similarity = z @ z.t() / temperature

@@ -91,6 +91,8 @@ class SDCLoss(nn.Module):
             raise ValueError(f"SDC loss: rec_type {rec_type!r} is not one of l1, l2, hinge")
         if quan_type not in ("cs", "l1", "l2", "p3"):
             raise ValueError(f"SDC loss: quan_type {quan_type!r} is not one of cs, l1, l2, p3")
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"SDC loss: temperature must be > 0 (or None), got {temperature}")
         pair_indices(4, pairing)  # validates the name
         self.rec, self.rec_type = float(rec), rec_type
         self.quan, self.quan_type = float(quan), quan_type
