@@ -46,6 +46,9 @@ class ImageNormalize(nn.Module):
     expect RGB. Any other channel count than 1 or 3 is a configuration error.
     """
 
+    mean: torch.Tensor  # (1, 3, 1, 1) buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float], name: str):
         super().__init__()
         self.name = name

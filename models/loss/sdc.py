@@ -111,9 +111,9 @@ class SDCLoss(nn.Module):
         Also read by the training diagnostics (utils/diagnostics.py) to show the calibration.
         """
         m = codes.shape[0] - codes.shape[0] % 2  # an odd last row is dropped, as the reference
-        if m < (4 if self.pairing == "four_blocks" else 2):
-            raise ValueError(f"SDC needs at least two rows per batch to form a pair (four with "
-                             f"pairing='four_blocks'), got codes of shape {tuple(codes.shape)}")
+        if m < 2:
+            raise ValueError("SDC needs at least two rows per batch to form a pair, got codes of "
+                             f"shape {tuple(codes.shape)}")
         x, v = features[:m], codes[:m]
         a, b = pair_indices(m, self.pairing)
         a, b = a.to(v.device), b.to(v.device)

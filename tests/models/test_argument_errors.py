@@ -44,8 +44,6 @@ def test_a_bad_argument_is_a_value_error_naming_it(build, words):
 
 BAD_BATCHES = [
     (lambda: SDCLoss()(torch.ones(1, 3), torch.ones(1, 4)), r"\(1, 4\)"),
-    (lambda: SDCLoss(pairing="four_blocks", temperature=0.3)(torch.ones(3, 3), torch.ones(3, 4)),
-     r"four with pairing='four_blocks'\), got codes of shape \(3, 4\)"),
     (lambda: halves_cosine_mse(torch.ones(1, 3), torch.ones(1, 4)), r"shape \(1, 4\)"),
     (lambda: bihalf_codes(torch.ones(1, 4)), r"shape \(1, 4\)"),
     (lambda: NSHLoss(m=2)(torch.ones(4, 4), torch.ones(4, 5)), r"shape \(4, 4\), 2 per view"),
