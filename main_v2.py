@@ -14,8 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import utils.config  # noqa: F401  (registers the safe resolvers before Hydra composes)
-from utils.compose.experiment import exit_on_user_error, train
+from utils.compose.experiment import train
 from utils.distributed import prepare_launch
+from utils.errors import exit_on_user_error
 
 # Launcher jobs (submitit's local and SLURM processes) unpickle this module's task function:
 # they need the project on their import path, whatever folder they start in.

@@ -8,7 +8,8 @@ import hydra
 from omegaconf import DictConfig
 
 import utils.config  # noqa: F401  (registers the safe resolvers)
-from utils.compose.experiment import exit_on_user_error, validate
+from utils.compose.experiment import validate
+from utils.errors import exit_on_user_error
 
 
 @hydra.main(config_path="configs", config_name="val", version_base=None)

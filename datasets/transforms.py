@@ -94,23 +94,26 @@ def eval_transform(resize: int | None, crop: int | None, interpolation: str = "b
     return EvalTransform(resize, crop, interpolation)
 
 
-class NoAugmentation(_Pipeline):
-    """Train transform of SDC / UGH / BiHalf: Resize(resize) -> CenterCrop(crop) -> [0, 1] tensor.
+class NoAugmentation(EvalTransform):
+    """Train transform of SDC / UGH / BiHalf: the eval pipeline (Resize -> CenterCrop -> [0, 1]
+    tensor) with bilinear instead of bicubic resizing by default.
 
-    ``interpolation`` defaults to bilinear, as in the reference (torchvision's Resize default),
-    although test/db use bicubic: kept for comparability (methods.md §5.3 and §8 item 14).
+    Bilinear as in the reference (torchvision's Resize default), although test/db use bicubic:
+    kept for comparability (methods.md §5.3 and §8 item 14).
     """
 
     def __init__(self, resize: int | None, crop: int | None, interpolation: str = "bilinear"):
-        super().__init__([_resize(resize, interpolation), _center_crop(crop), *_to_float_tensor()])
+        super().__init__(resize, crop, interpolation)
 
 
-class PILGaussianBlur:
-    """Gaussian blur with a random radius sigma ~ U[sigma_min, sigma_max], always applied.
+class GaussianBlur:
+    """Gaussian blur with a random radius sigma ~ U[sigma_min, sigma_max], always applied; on PIL
+    images and on image tensors.
 
     PIL's ``ImageFilter.GaussianBlur`` for PIL input (the MoCo-v2 reference); for tensor input
     torchvision's blur with an odd kernel of about 4 sigma + 1 that fits the image. The radius is
-    drawn from torch's RNG so seeding torch makes it reproducible.
+    drawn from torch's RNG so seeding torch makes it reproducible. (torchvision's
+    ``v2.GaussianBlur``, used by :class:`SimCLRViews`, has a fixed kernel size instead.)
     """
 
     def __init__(self, sigma: Sequence[float] = (0.1, 2.0)):
@@ -125,7 +128,26 @@ class PILGaussianBlur:
         return F.gaussian_blur(img, kernel_size=[kernel, kernel], sigma=[sigma, sigma]) if kernel > 1 else img
 
     def __repr__(self) -> str:
-        return f"PILGaussianBlur(sigma={self.sigma})"
+        return f"GaussianBlur(sigma={self.sigma})"
+
+
+def augmented_view(crop: int | None, scale: Sequence[float], ratio: Sequence[float],
+                   interpolation: str, flip_p: float, jitter: Sequence[float],
+                   jitter_p: float | None, grayscale_p: float, blur: Callable | None) -> _Pipeline:
+    """One random view, the shared shape of the SimCLR and MoCo-v2 pipelines (methods.md §5.3):
+    RandomResizedCrop(crop, scale, ratio) -> HorizontalFlip(flip_p) -> ColorJitter(*jitter)
+    with probability jitter_p (None = always, without drawing for it) -> RandomGrayscale(p)
+    -> blur (None = none) -> [0, 1] tensor. Every argument is set by the callers, whose
+    defaults carry the sources."""
+    color = v2.ColorJitter(*jitter)
+    return _Pipeline([
+        _random_resized_crop(crop, scale, ratio, interpolation),
+        v2.RandomHorizontalFlip(flip_p),
+        color if jitter_p is None else v2.RandomApply([color], p=jitter_p),
+        v2.RandomGrayscale(grayscale_p),
+        blur,
+        *_to_float_tensor(),
+    ])
 
 
 class TwoViews:
@@ -174,27 +196,20 @@ class SimCLRViews(TwoViews):
         blur_sigma: Sequence[float] = (0.1, 2.0),
         interpolation: str = "bilinear",
     ):
-        view = _Pipeline(
-            [
-                _random_resized_crop(crop, scale, ratio, interpolation),
-                v2.RandomHorizontalFlip(flip_p),
-                v2.RandomApply([v2.ColorJitter(brightness, contrast, saturation, hue)], p=jitter_p),
-                v2.RandomGrayscale(grayscale_p),
-                v2.GaussianBlur(blur_kernel, sigma=tuple(blur_sigma)),
-                *_to_float_tensor(),
-            ]
-        )
-        super().__init__(view)
+        super().__init__(augmented_view(
+            crop, scale, ratio, interpolation, flip_p, (brightness, contrast, saturation, hue),
+            jitter_p, grayscale_p, v2.GaussianBlur(blur_kernel, sigma=tuple(blur_sigma))))
 
 
 class MoCoV2Views(TwoViews):
     """The asymmetric "mocov2" two-view pipeline of NSH (methods.md §5.3).
 
     View 1: RandomResizedCrop(crop, scale) -> HFlip -> ColorJitter(0.4, 0.4, 0.4, hue1) with
-    p=jitter_p1 -> RandomGrayscale(p) -> PIL Gaussian blur, radius ~ U[blur_sigma], always applied
-    (MoCo-v2 itself used p=0.5) -> [0, 1] tensor.
+    p=jitter_p1 -> RandomGrayscale(p) -> :class:`GaussianBlur`, radius ~ U[blur_sigma], always
+    applied (MoCo-v2 itself used p=0.5) -> [0, 1] tensor.
     View 2: RandomResizedCrop(crop, scale) -> HFlip -> ColorJitter(0.4, 0.4, 0.4, hue2) always
     applied -> RandomGrayscale(p) -> [0, 1] tensor (no blur).
+    Defaults are the reference's values.
     """
 
     def __init__(
@@ -213,23 +228,9 @@ class MoCoV2Views(TwoViews):
         blur_sigma: Sequence[float] = (0.1, 2.0),
         interpolation: str = "bilinear",
     ):
-        first = _Pipeline(
-            [
-                _random_resized_crop(crop, scale, ratio, interpolation),
-                v2.RandomHorizontalFlip(flip_p),
-                v2.RandomApply([v2.ColorJitter(brightness, contrast, saturation, hue1)], p=jitter_p1),
-                v2.RandomGrayscale(grayscale_p),
-                PILGaussianBlur(blur_sigma),
-                *_to_float_tensor(),
-            ]
-        )
-        second = _Pipeline(
-            [
-                _random_resized_crop(crop, scale, ratio, interpolation),
-                v2.RandomHorizontalFlip(flip_p),
-                v2.ColorJitter(brightness, contrast, saturation, hue2),
-                v2.RandomGrayscale(grayscale_p),
-                *_to_float_tensor(),
-            ]
-        )
-        super().__init__(first, second)
+        common = (crop, scale, ratio, interpolation, flip_p)
+        super().__init__(
+            augmented_view(*common, (brightness, contrast, saturation, hue1), jitter_p1,
+                           grayscale_p, GaussianBlur(blur_sigma)),
+            augmented_view(*common, (brightness, contrast, saturation, hue2), None,
+                           grayscale_p, None))

@@ -59,8 +59,8 @@ def time_batches(trainer, optimizer, max_batches: int | None) -> tuple[float, in
 
 
 def bench(overrides: list[str], logdir: Path, live_batches: int, cached_epochs: int) -> dict:
-    from utils.compose import build
-    from utils.compose.experiment import build_trainer
+    from utils import build
+    from utils.experiment import build_trainer
 
     results: dict = {}
     # live frozen backbone
@@ -112,17 +112,10 @@ def run_in_scratch(logdir: str | None, run):
     one sentence on stderr and exit status 2, as main_v2.py does."""
     import tempfile
 
-    from utils.compose.build import user_error_in
+    from utils.errors import exit_on_user_error
 
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            return run(Path(logdir or tmp))
-        except Exception as error:
-            user_error = user_error_in(error)
-            if user_error is None:
-                raise
-            print(f"error: {user_error}", file=sys.stderr)
-            sys.exit(2)
+        return exit_on_user_error(run, interrupted=None)(Path(logdir or tmp))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,8 +22,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import utils.config  # noqa: E402,F401  (registers the safe resolvers used by run configs)
-from utils.compose.experiment import exit_on_user_error  # noqa: E402
 from utils.compose.search import export_run, parse_settings  # noqa: E402
+from utils.errors import exit_on_user_error  # noqa: E402
 
 SETTINGS = {  # key: (type, default); ... = required. Index defaults: utils.code_index.index_params
     "logdir": (str, ...), "checkpoint": (str, "best"), "index_type": (str, "flat"),

@@ -80,6 +80,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    from utils.compose.experiment import exit_on_user_error
+    from utils.errors import exit_on_user_error
 
     exit_on_user_error(main)()

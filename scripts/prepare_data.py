@@ -29,7 +29,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from datasets import prepare  # noqa: E402
-from utils.compose.experiment import exit_on_user_error  # noqa: E402
+from utils.errors import exit_on_user_error  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -25,8 +25,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import utils.config  # noqa: E402,F401  (registers the safe resolvers used by run configs)
-from utils.compose.experiment import exit_on_user_error  # noqa: E402
 from utils.compose.search import parse_settings, save_grid, search_run  # noqa: E402
+from utils.errors import exit_on_user_error  # noqa: E402
 
 SETTINGS = {  # key: (type, default); ... = required
     "index": (str, ...), "query": (str, ...), "k": (int, 10), "nprobe": (int, None),

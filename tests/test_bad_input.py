@@ -60,6 +60,24 @@ def test_odd_batch_for_sdc(tmp_path):
     assert "batch_size must be even" in fails(["batch_size=63"], tmp_path)
 
 
+def test_a_loss_setting_the_loss_refuses_is_one_sentence_naming_model_loss(tmp_path):
+    # The loss raises a plain ValueError; building it from the config words it for the user.
+    result = run_cli("main_v2.py", ["model.loss.rec_type=l3", "progress=false"], tmp_path,
+                     check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: Bad setting under model.loss: SDC loss: rec_type 'l3' is not one of l1, l2, hinge"]
+
+
+def test_a_head_setting_the_head_refuses_names_model_head(tmp_path):
+    from utils import build
+
+    cfg = compose_run(["model=wch", "backbone=tiny", "dataset=digits", "model.head.tau_w=0"],
+                      tmp_path)
+    with pytest.raises(ConfigError, match=r"^Bad setting under model\.head: WCH: tau_w .* > 0"):
+        build.build_model(cfg)
+
+
 def test_two_view_method_given_one_view_transform(tmp_path):
     stderr = fails(["model=sdc_simclr", "transforms=no_augmentation", "backbone=tiny"], tmp_path)
     assert "view" in stderr

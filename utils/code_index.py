@@ -70,8 +70,6 @@ IVF_NPROBE = 16
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 128
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                  ".pgm"}
 
 
 def import_faiss():

@@ -9,9 +9,12 @@ as b = +1 where u >= 0 else -1 by the retrieval engine, never with a zero.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
+
+from models.backbone.base import Backbone
 
 
 @dataclass
@@ -65,9 +68,10 @@ class HashModel(nn.Module):
 
     def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone output in the form the head reads (features or tokens)."""
+        # casts for mypy only: torch types a submodule as Tensor | Module and its call as Any
         if self.head.input_kind == "tokens":
-            return self.backbone.forward_tokens(images)
-        return self.backbone(images)
+            return cast(Backbone, self.backbone).forward_tokens(images)
+        return cast(torch.Tensor, self.backbone(images))
 
     def forward(self, images: torch.Tensor) -> HashOutput:
         if self.frozen_backbone:
@@ -75,7 +79,7 @@ class HashModel(nn.Module):
                 inputs = self.backbone_input(images)
         else:
             inputs = self.backbone_input(images)
-        return self.head(inputs)
+        return cast(HashOutput, self.head(inputs))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

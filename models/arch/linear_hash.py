@@ -19,6 +19,8 @@ part of the state dict, so checkpoints and val.py restore them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from scipy.linalg import orthogonal_procrustes
@@ -29,7 +31,7 @@ from models.arch.base import HashHead, HashOutput
 from utils.errors import ConfigError, TrainingError
 
 
-def _as_float64(features) -> np.ndarray:
+def _as_float64(features: torch.Tensor | np.ndarray) -> np.ndarray:
     x = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else features
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
@@ -49,6 +51,9 @@ class LinearHashHead(HashHead):
     """
 
     method = "linear"
+    mean: torch.Tensor        # buffers (D,), (D, K), () bool, registered in __init__
+    projection: torch.Tensor
+    fitted: torch.Tensor
 
     def __init__(self, in_features: int, nbit: int):
         super().__init__(in_features, nbit)
@@ -69,11 +74,12 @@ class LinearHashHead(HashHead):
                 f"{limit}; got model.nbit={self.nbit}: use model.nbit <= {limit} or a backbone "
                 "with more features")
 
-    def fit_projection(self, x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    def fit_projection(self, x: np.ndarray, seed: int
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """x (N, D) float64 -> (mean (D,), projection (D, K), info dict of numbers/lists)."""
         raise NotImplementedError
 
-    def fit(self, features, seed: int) -> dict:
+    def fit(self, features: torch.Tensor | np.ndarray, seed: int) -> dict[str, Any]:
         """Fit the buffers on training features (N, D) (tensor or array); returns fit info."""
         x = _as_float64(features)
         if x.shape[1] != self.in_features:
@@ -112,7 +118,8 @@ class LSHHead(LinearHashHead):
         super().__init__(in_features, nbit)
         self.center = bool(center)
 
-    def fit_projection(self, x, seed):
+    def fit_projection(self, x: np.ndarray, seed: int
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         rng = np.random.default_rng(seed)
         mean = x.mean(axis=0) if self.center else np.zeros(x.shape[1])
         return mean, rng.standard_normal((x.shape[1], self.nbit)), {}
@@ -127,7 +134,8 @@ class PCAHHead(LinearHashHead):
     def max_nbit(self, n_train: int) -> int:
         return min(self.in_features, n_train)
 
-    def fit_projection(self, x, seed):
+    def fit_projection(self, x: np.ndarray, seed: int
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         pca = PCA(n_components=self.nbit, svd_solver="full").fit(x)
         return pca.mean_, pca.components_.T, {
             "explained_variance_ratio": float(pca.explained_variance_ratio_.sum())}
@@ -147,7 +155,7 @@ class ITQHead(LinearHashHead):
     def __init__(self, in_features: int, nbit: int, iterations: int = 50):
         super().__init__(in_features, nbit)
         if int(iterations) < 0:
-            raise ConfigError(f"ITQ: iterations must be >= 0, got {iterations}")
+            raise ValueError(f"ITQ: iterations must be >= 0, got {iterations}")
         self.iterations = int(iterations)
         self.quantization_losses: list[float] = []
         self.rotation: np.ndarray | None = None
@@ -160,12 +168,15 @@ class ITQHead(LinearHashHead):
         """A Haar-random orthogonal (k, k) matrix drawn from ``seed``."""
         if k == 1:
             return np.ones((1, 1))
-        return ortho_group.rvs(k, random_state=np.random.default_rng(seed))
+        return np.asarray(ortho_group.rvs(k, random_state=np.random.default_rng(seed)))
 
     def rotate(self, v: np.ndarray, seed: int) -> tuple[np.ndarray, list[float]]:
         """ITQ's alternating minimisation on PCA-projected data v (N, K) -> (R, losses)."""
         rotation = self.random_rotation(v.shape[1], seed)
-        quantization_loss = lambda b, r: float(np.sum((b - v @ r) ** 2))  # noqa: E731
+
+        def quantization_loss(b: np.ndarray, r: np.ndarray) -> float:
+            return float(np.sum((b - v @ r) ** 2))
+
         losses = [quantization_loss(_sign(v @ rotation), rotation)]
         for _ in range(self.iterations):
             codes = _sign(v @ rotation)                       # fix R, best B
@@ -173,7 +184,8 @@ class ITQHead(LinearHashHead):
             losses.append(quantization_loss(codes, rotation))
         return rotation, losses
 
-    def fit_projection(self, x, seed):
+    def fit_projection(self, x: np.ndarray, seed: int
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         pca = PCA(n_components=self.nbit, svd_solver="full").fit(x)
         v = pca.transform(x)  # (x - mean) @ components^T, (N, K)
         rotation, losses = self.rotate(v, seed)

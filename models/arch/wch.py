@@ -1,8 +1,9 @@
 """WCH head (Weighted Contrastive Hashing; Yu et al., ACCV 2022), as the SDC reference code runs
 it (methods.md §4.6, §8.9). Reads the backbone's patch tokens (B, P, d), CLS excluded.
 
-Hash function H(y): a = tanh(b(GELU(fc(y)))), output sign(a) with a straight-through gradient to a
-(a + stopgrad(sign(a) - a)), so the codes are +-1 valued (0 only where a == 0 exactly).
+Hash function H(y): a = tanh(b(GELU(fc(y)))), output sign(a) with a straight-through (identity) gradient to a
+(:func:`models.layers.sign.sign_ste`; the reference writes it a + stopgrad(sign(a) - a)), so the
+codes are +-1 valued (0 only where a == 0 exactly).
 Trainable: fc Linear(d, d), fc_norm LayerNorm(d, eps 1e-6), b Linear(d, K). Initialisation as the
 reference: fc.weight, b.weight Kaiming-uniform (mode fan_out, a = 0: bound sqrt(6 / fan_out));
 both biases N(0, 1); LayerNorm weight 1, bias 0.
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.arch.base import HashHead, HashOutput
-from utils.errors import ConfigError
+from models.layers.sign import sign_ste
 
 _COS_EPS = 1e-8  # as torch.nn.functional.cosine_similarity
 
@@ -78,11 +79,6 @@ def weight_matrix(w0: torch.Tensor, tau_w: float) -> torch.Tensor:
     return pi / pi.diagonal()  # (B, B) / (B,): divides column m by pi[m, m]
 
 
-def sign_straight_through(a: torch.Tensor) -> torch.Tensor:
-    """sign(a) in the forward pass, identity gradient to a (WCH's own STE, methods.md §2)."""
-    return a + (torch.sign(a) - a).detach()
-
-
 class WCHHead(HashHead):
     """Token head: ``forward(tokens (B, P, d)) -> HashOutput(features=mean token (B, d),
     codes=+-1 (B, K))``; ``train_forward(tokens1, tokens2) -> (h1, h2, weighted)``.
@@ -105,8 +101,8 @@ class WCHHead(HashHead):
                  max_chunk_elements: int = 2 ** 25):
         super().__init__(in_features, nbit)
         if tau_w <= 0 or attention_temperature <= 0:
-            raise ConfigError(f"WCH: tau_w and attention_temperature must be > 0, got {tau_w} "
-                              f"and {attention_temperature}")
+            raise ValueError(f"WCH: tau_w and attention_temperature must be > 0, got {tau_w} "
+                             f"and {attention_temperature}")
         self.token_dim = int(token_dim) if token_dim else self.in_features
         self.tau_w = float(tau_w)
         self.attention_temperature = float(attention_temperature)
@@ -121,14 +117,13 @@ class WCHHead(HashHead):
 
     def _check(self, tokens: torch.Tensor) -> None:
         if tokens.dim() != 3 or tokens.shape[-1] != self.token_dim:
-            raise ConfigError(f"WCH expects patch tokens (B, P, {self.token_dim}) but got "
-                              f"{tuple(tokens.shape)}: set model.head.token_dim to the "
-                              "backbone's token width")
+            raise ValueError(f"WCH expects patch tokens (B, P, token_dim={self.token_dim}) but "
+                             f"got shape {tuple(tokens.shape)}")
 
     def hash(self, pooled: torch.Tensor) -> torch.Tensor:
         """H(y) for y = fc_norm(pooled tokens) (B, d) -> +-1 codes (B, K), straight-through to tanh."""
         a = torch.tanh(self.b(F.gelu(self.fc(self.fc_norm(pooled)))))
-        return sign_straight_through(a)
+        return sign_ste(a)
 
     def forward(self, tokens: torch.Tensor) -> HashOutput:
         self._check(tokens)

@@ -10,8 +10,7 @@ A backbone is an ``nn.Module`` that maps images to one feature vector per image:
 - ``deterministic: bool`` -- in eval mode the output depends only on the input (so features of
   a frozen backbone may be cached).
 
-Freezing is the engine's job (``requires_grad_(False)`` + ``eval()``); :func:`freeze` does exactly
-that for callers that want it in one line.
+Freezing is the engine's job (``requires_grad_(False)`` + ``eval()``).
 """
 
 from __future__ import annotations
@@ -47,6 +46,9 @@ class ImageNormalize(nn.Module):
     expect RGB. Any other channel count than 1 or 3 is a configuration error.
     """
 
+    mean: torch.Tensor  # (1, 3, 1, 1) buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float], name: str):
         super().__init__()
         self.name = name
@@ -64,8 +66,3 @@ class ImageNormalize(nn.Module):
             images = images.expand(-1, 3, -1, -1)
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
-
-def freeze(backbone: nn.Module) -> nn.Module:
-    """Turn off gradients and put ``backbone`` in eval mode (in place); returns it."""
-    backbone.requires_grad_(False)
-    return backbone.eval()

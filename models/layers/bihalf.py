@@ -13,7 +13,7 @@ Forward in training, per bit (column) j independently: sort u_{.j} in descending
 - Deviation from the SDC reference (kept on purpose): the reference thresholds strictly above the
   lower median, which gives FEWER than half +1 when values tie at the median; we follow the
   original BiHalf code, which sorts and assigns exactly half. Without ties both rules agree.
-- N = 1 has no half to assign: ConfigError.
+- N = 1 has no half to assign: ValueError.
 
 Backward: dL/du = dL/db + (gamma / (N K)) (u - b): the straight-through gradient plus the gradient
 of gamma / (2 N K) ||u - b||^2 with b held fixed (gamma = 6 in the paper and the reference).
@@ -24,11 +24,12 @@ by sign at 0 (not by the median), as the reference.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 
 from utils import distributed
-from utils.errors import ConfigError
 
 
 def bihalf_codes(u: torch.Tensor) -> torch.Tensor:
@@ -37,8 +38,8 @@ def bihalf_codes(u: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"bi-half expects a (rows, bits) matrix, got shape {tuple(u.shape)}")
     n = u.shape[0]
     if n < 2:
-        raise ConfigError("bi-half needs at least two rows per bit (a training batch of one has "
-                          "no half to set to +1): use batch_size >= 2")
+        raise ValueError("bi-half needs at least two rows per bit (a training batch of one has "
+                         f"no half to set to +1), got shape {tuple(u.shape)}")
     # stable descending sort: among equal values the lower row index comes first (gets +1)
     order = torch.sort(u.detach(), dim=0, descending=True, stable=True).indices
     codes = torch.full_like(u, -1.0)
@@ -55,14 +56,14 @@ class BiHalfFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, gamma: float) -> torch.Tensor:
+    def forward(ctx: Any, u: torch.Tensor, gamma: float) -> torch.Tensor:  # ctx: FunctionCtx + gamma
         codes = bihalf_codes(u)
         ctx.save_for_backward(u, codes)
         ctx.gamma = float(gamma)
         return codes
 
     @staticmethod
-    def backward(ctx, grad_codes: torch.Tensor):
+    def backward(ctx: Any, grad_codes: torch.Tensor) -> tuple[torch.Tensor, None]:
         u, codes = ctx.saved_tensors
         n, k = u.shape
         grad_u = grad_codes + (ctx.gamma / (n * k)) * (u - codes)
@@ -71,7 +72,7 @@ class BiHalfFunction(torch.autograd.Function):
 
 def bihalf(u: torch.Tensor, gamma: float) -> torch.Tensor:
     """Training-mode bi-half of u (N, K) with weight gamma; see :class:`BiHalfFunction`."""
-    return BiHalfFunction.apply(u, float(gamma))
+    return cast(torch.Tensor, BiHalfFunction.apply(u, float(gamma)))  # apply is typed Any in torch
 
 
 class BiHalf(nn.Module):

@@ -12,6 +12,8 @@ backward: dL/dx = dL/dy, the identity, with NO clipping to |x| <= 1 (unlike the 
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 
 
@@ -19,14 +21,14 @@ class SignSTE(torch.autograd.Function):
     """y = sign(x); the gradient passes through unchanged (straight-through estimator)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # ctx: torch's FunctionCtx
         return torch.sign(x)
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
         return grad_output
 
 
 def sign_ste(x: torch.Tensor) -> torch.Tensor:
     """sign(x) (same shape and dtype as x) with an identity backward; see :class:`SignSTE`."""
-    return SignSTE.apply(x)
+    return cast(torch.Tensor, SignSTE.apply(x))  # apply is typed Any in torch

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def soft_sort(scores: torch.Tensor, tau: float = 1.0, pow: float = 1.0,
@@ -37,18 +36,3 @@ def soft_sort(scores: torch.Tensor, tau: float = 1.0, pow: float = 1.0,
     one_hot = torch.zeros_like(soft).scatter_(-1, index, 1.0)
     return one_hot + (soft - soft.detach())
 
-
-class SoftSort(nn.Module):
-    """Module form of :func:`soft_sort` with a fixed temperature ``tau`` (NSH: 1 / nbit)."""
-
-    def __init__(self, tau: float = 1.0, pow: float = 1.0, hard: bool = False):
-        super().__init__()
-        if tau <= 0:
-            raise ValueError(f"SoftSort temperature must be > 0, got {tau}")
-        self.tau, self.pow, self.hard = float(tau), float(pow), bool(hard)
-
-    def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        return soft_sort(scores, self.tau, self.pow, self.hard)
-
-    def extra_repr(self) -> str:
-        return f"tau={self.tau}, pow={self.pow}, hard={self.hard}"

@@ -41,6 +41,8 @@ class CIBHashLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.3, beta: float = 0.001, eps: float = 1e-8):
         super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"CIBHash loss: temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
         self.beta = float(beta)
         self.eps = float(eps)

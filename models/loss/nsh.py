@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.layers.softsort import soft_sort
-from utils.errors import ConfigError
 
 
 class NSHLoss(nn.Module):
@@ -46,11 +45,11 @@ class NSHLoss(nn.Module):
                  softsort_tau: float | None = None, double_softmax: bool = False):
         super().__init__()
         if int(m) < 1:
-            raise ConfigError(f"NSH loss: m (number of positive ranks) must be >= 1, got {m}")
+            raise ValueError(f"NSH loss: m (number of positive ranks) must be >= 1, got {m}")
         if tau <= 0:
-            raise ConfigError(f"NSH loss: tau must be > 0, got {tau}")
+            raise ValueError(f"NSH loss: tau must be > 0, got {tau}")
         if softsort_tau is not None and softsort_tau <= 0:
-            raise ConfigError(f"NSH loss: softsort_tau must be > 0, got {softsort_tau}")
+            raise ValueError(f"NSH loss: softsort_tau must be > 0, got {softsort_tau}")
         self.m = int(m)
         self.quan = float(quan)
         self.tau = float(tau)
@@ -64,9 +63,10 @@ class NSHLoss(nn.Module):
                              f" and latent {tuple(latent.shape)}")
         n, nbit = codes.shape[0] // 2, codes.shape[1]
         if n <= self.m:
-            raise ConfigError(f"NSH ranks each image against the other images of the batch and "
-                              f"takes the top m={self.m} as positives, so it needs more than "
-                              f"{self.m} images per batch; got {n}: raise batch_size")
+            raise ValueError(f"NSH ranks each image against the other images of the batch and "
+                             f"takes the top m={self.m} as positives, so it needs more than "
+                             f"{self.m} images per view (batch_size); got codes of shape "
+                             f"{tuple(codes.shape)}, {n} per view")
         b1, b2 = codes[:n], codes[n:]
         z1, z2 = latent[:n], latent[n:]
         similarity = b1 @ b2.t() / (2 * nbit) + 0.5                        # S (n, n)

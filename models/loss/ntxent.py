@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -18,6 +17,8 @@ def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float) -> torch.T
     if z_i.shape != z_j.shape or z_i.dim() != 2:
         raise ValueError(f"nt_xent needs two (n, d) views of equal shape, got "
                          f"{tuple(z_i.shape)} and {tuple(z_j.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"NT-Xent temperature must be > 0, got {temperature}")
     n = z_i.shape[0]
     z = F.normalize(torch.cat([z_i, z_j]), dim=1, eps=1e-8)
     similarity = z @ z.t() / temperature
@@ -26,13 +27,3 @@ def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float) -> torch.T
     positives = (torch.arange(2 * n, device=z.device) + n) % (2 * n)
     return F.cross_entropy(similarity, positives)
 
-
-class NTXentLoss(nn.Module):
-    """Module wrapper of :func:`nt_xent` with a fixed temperature (0.3 in SDC and CIBHash)."""
-
-    def __init__(self, temperature: float = 0.3):
-        super().__init__()
-        self.temperature = float(temperature)
-
-    def forward(self, z_i: torch.Tensor, z_j: torch.Tensor) -> torch.Tensor:
-        return nt_xent(z_i, z_j, self.temperature)

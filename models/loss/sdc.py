@@ -23,7 +23,6 @@ from scipy.stats import beta as beta_distribution
 from torch import nn
 
 from models.loss.ntxent import nt_xent
-from utils.errors import ConfigError
 
 
 @lru_cache(maxsize=64)
@@ -62,7 +61,7 @@ def pair_indices(m: int, pairing: str) -> tuple[torch.Tensor, torch.Tensor]:
         a = torch.cat([torch.arange(0, q), torch.arange(2 * q, 3 * q)])
         b = torch.cat([torch.arange(q, 2 * q), torch.arange(3 * q, 4 * q)])
         return a, b
-    raise ConfigError(f"Unknown SDC pairing {pairing!r}: use 'halves' or 'four_blocks'")
+    raise ValueError(f"Unknown SDC pairing {pairing!r}: use 'halves' or 'four_blocks'")
 
 
 class SDCLoss(nn.Module):
@@ -87,11 +86,13 @@ class SDCLoss(nn.Module):
                  cont: float = 1.0, temperature: float | None = None):
         super().__init__()
         if (beta_a == -1) != (beta_b == -1):
-            raise ConfigError("SDC loss: set both beta_a and beta_b, or neither (use beta_ab)")
+            raise ValueError("SDC loss: set both beta_a and beta_b, or neither (use beta_ab)")
         if rec_type not in ("l1", "l2", "hinge"):
-            raise ConfigError(f"SDC loss: rec_type {rec_type!r} is not one of l1, l2, hinge")
+            raise ValueError(f"SDC loss: rec_type {rec_type!r} is not one of l1, l2, hinge")
         if quan_type not in ("cs", "l1", "l2", "p3"):
-            raise ConfigError(f"SDC loss: quan_type {quan_type!r} is not one of cs, l1, l2, p3")
+            raise ValueError(f"SDC loss: quan_type {quan_type!r} is not one of cs, l1, l2, p3")
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"SDC loss: temperature must be > 0 (or None), got {temperature}")
         pair_indices(4, pairing)  # validates the name
         self.rec, self.rec_type = float(rec), rec_type
         self.quan, self.quan_type = float(quan), quan_type
@@ -111,7 +112,8 @@ class SDCLoss(nn.Module):
         """
         m = codes.shape[0] - codes.shape[0] % 2  # an odd last row is dropped, as the reference
         if m < 2:
-            raise ConfigError("SDC needs at least two rows per batch to form a pair")
+            raise ValueError("SDC needs at least two rows per batch to form a pair, got codes of "
+                             f"shape {tuple(codes.shape)}")
         x, v = features[:m], codes[:m]
         a, b = pair_indices(m, self.pairing)
         a, b = a.to(v.device), b.to(v.device)

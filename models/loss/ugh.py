@@ -19,16 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.errors import ConfigError
-
 
 def halves_cosine_mse(features: torch.Tensor, binary: torch.Tensor) -> torch.Tensor:
     """mean_k (cos(b_k, b_{k+M/2}) - stopgrad cos(x_k, x_{k+M/2}))^2 over M rows (odd last row
     dropped); features (M, D), binary (M, K) -> scalar. Shared by UGH and BiHalf."""
     m = binary.shape[0] - binary.shape[0] % 2
     if m < 2:
-        raise ConfigError("UGH/BiHalf pair row k with row k + M/2 of a batch, so they need at "
-                          "least two rows: use batch_size >= 2")
+        raise ValueError("UGH/BiHalf pair row k with row k + M/2 of a batch, so they need at "
+                         f"least two rows, got binary codes of shape {tuple(binary.shape)}")
     half = m // 2
     with torch.no_grad():
         target = F.cosine_similarity(features[:half], features[half:m], dim=1, eps=1e-8)

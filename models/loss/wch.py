@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.errors import ConfigError
-
 
 class WCHLoss(nn.Module):
     """Args: temperature (0.3), normalize_w (False, as the reference)."""
@@ -27,7 +25,7 @@ class WCHLoss(nn.Module):
     def __init__(self, temperature: float = 0.3, normalize_w: bool = False):
         super().__init__()
         if temperature <= 0:
-            raise ConfigError(f"WCH loss: temperature must be > 0, got {temperature}")
+            raise ValueError(f"WCH loss: temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
         self.normalize_w = bool(normalize_w)
 

@@ -9,11 +9,13 @@ from torch.utils.data import DataLoader
 from datasets.base import TransformedSplit
 from datasets.digits import digits_splits
 from datasets.transforms import (
+    EvalTransform,
+    GaussianBlur,
     MoCoV2Views,
     NoAugmentation,
-    PILGaussianBlur,
     SimCLRViews,
     TwoViews,
+    augmented_view,
     eval_transform,
 )
 from utils.errors import ConfigError
@@ -97,9 +99,9 @@ def test_two_views_generic():
     assert double.views == 2 and torch.equal(a, b)
 
 
-def test_pil_gaussian_blur_on_tensor_and_pil():
+def test_gaussian_blur_on_tensor_and_pil():
     torch.manual_seed(0)
-    blur = PILGaussianBlur((1.9, 2.0))
+    blur = GaussianBlur((1.9, 2.0))
     assert blur(grey8()).size == (8, 8)
     x = torch.rand(1, 8, 8)
     y = blur(x)
@@ -139,3 +141,28 @@ def test_transforms_pickle():
     for transform in (eval_transform(8, 8), NoAugmentation(8, 8), SimCLRViews(8), MoCoV2Views(8)):
         clone = pickle.loads(pickle.dumps(transform))
         assert clone.views == transform.views
+
+
+def test_no_augmentation_is_the_eval_pipeline_with_bilinear_resizing():
+    image = rgb32()
+    assert isinstance(NoAugmentation(24, 16), EvalTransform)
+    assert torch.equal(NoAugmentation(24, 16, interpolation="bicubic")(image),
+                       eval_transform(24, 16)(image))
+    assert not torch.equal(NoAugmentation(24, 16)(image), eval_transform(24, 16)(image))
+
+
+def test_augmented_view_steps_by_hand():
+    image = rgb32()
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255  # (3, 32, 32)
+
+    def same(x, y):  # equal up to float rounding of the /255 scaling
+        return x.shape == y.shape and bool((x - y).abs().max() <= 1e-6)
+
+    off = {"crop": None, "scale": (1.0, 1.0), "ratio": (1.0, 1.0), "interpolation": "bilinear",
+           "jitter": (0.0, 0.0, 0.0, 0.0), "jitter_p": 0.0, "grayscale_p": 0.0, "blur": None}
+    assert same(augmented_view(flip_p=0.0, **off)(image), pixels)  # every step off
+    assert same(augmented_view(flip_p=1.0, **off)(image), pixels.flip(-1))
+    grey = augmented_view(flip_p=0.0, **{**off, "grayscale_p": 1.0})(image)
+    assert grey.shape == (3, 32, 32) and torch.equal(grey[0], grey[1])
+    # a 32x32 crop of a 32x32 image at scale 1, ratio 1 is the image itself
+    assert same(augmented_view(flip_p=0.0, **{**off, "crop": 32})(image), pixels)

@@ -45,7 +45,7 @@ def test_head_binary_is_bihalf_in_training_and_h_in_eval():
     assert (out.extra["binary"] == 1).sum(dim=0).tolist() == [5] * 8  # exactly half per bit
     out = head.eval()(x)
     assert torch.equal(out.extra["binary"], out.codes)  # eval: identity, codes = h
-    with pytest.raises(ConfigError, match="at least two rows per bit"):
+    with pytest.raises(ValueError, match="at least two rows per bit"):
         head.train()(x[:1])
     assert head.eval()(x[:1]).codes.shape == (1, 8)  # a single eval row is fine
 

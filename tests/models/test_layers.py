@@ -6,7 +6,6 @@ import torch
 
 from models.layers.bihalf import BiHalf, BiHalfFunction, bihalf, bihalf_codes
 from models.layers.sign import SignSTE, sign_ste
-from utils.errors import ConfigError
 
 # ---------------------------------------------------------------- sign, straight-through
 
@@ -100,9 +99,9 @@ def test_bihalf_equals_the_references_strict_median_rule_without_ties():
 def test_bihalf_keeps_dtype_and_rejects_one_row():
     u = torch.randn(4, 3, dtype=torch.float64)
     assert bihalf_codes(u).dtype == torch.float64
-    with pytest.raises(ConfigError, match="at least two rows per bit"):
+    with pytest.raises(ValueError, match="at least two rows per bit"):
         bihalf_codes(torch.randn(1, 3))
-    with pytest.raises(ConfigError, match="at least two rows per bit"):
+    with pytest.raises(ValueError, match="at least two rows per bit"):
         BiHalf().train()(torch.randn(1, 3))
 
 

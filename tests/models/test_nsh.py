@@ -1,4 +1,4 @@
-"""NSH: the SoftSort layer, the L2Norm layer, the loss by hand (both softmax settings), the head,
+"""NSH: SoftSort, the L2Norm layer, the loss by hand (both softmax settings), the head,
 the config and one training step (methods.md §2, §4.7)."""
 
 import math
@@ -9,7 +9,7 @@ import torch
 from conftest import compose
 from models.arch.nsh import NSHHead
 from models.layers.l2norm import L2Norm
-from models.layers.softsort import SoftSort, soft_sort
+from models.layers.softsort import soft_sort
 from models.loss.nsh import NSHLoss
 from utils.errors import ConfigError
 
@@ -29,7 +29,7 @@ def test_softsort_by_hand_on_one_row():
             [math.exp(-0.3), math.exp(-0.4), 1.0],
             [1.0, math.exp(-0.7), math.exp(-0.3)]]
     expected = torch.tensor([[v / sum(row) for v in row] for row in rows], dtype=torch.float64)
-    p = SoftSort(tau=1.0)(s)
+    p = soft_sort(s, tau=1.0)
     assert p.shape == (1, 3, 3)
     assert torch.allclose(p[0], expected, atol=1e-12)
     assert torch.allclose(p.sum(-1), torch.ones(1, 3, dtype=torch.float64))
@@ -63,7 +63,7 @@ def test_softsort_gradcheck_float64(power):
 
 def test_softsort_rejects_a_non_positive_temperature():
     with pytest.raises(ValueError, match="temperature"):
-        SoftSort(0.0)
+        soft_sort(torch.zeros(1, 3), 0.0)
 
 
 def test_l2norm_unit_rows_and_zero_row():
@@ -165,7 +165,7 @@ def test_nsh_loss_gradcheck_and_batch_size_limit():
     latent.requires_grad_(True)
     loss = NSHLoss(m=2, tau=0.3, softsort_tau=0.5)
     assert torch.autograd.gradcheck(lambda b, z: loss(b, z)["nce"], (codes, latent))
-    with pytest.raises(ConfigError, match="batch_size"):
+    with pytest.raises(ValueError, match="batch_size"):
         NSHLoss(m=2)(codes[:4].detach(), latent[:4].detach())  # n = 2 images per view, m = 2
 
 

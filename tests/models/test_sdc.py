@@ -9,7 +9,6 @@ from models.arch.base import HashModel
 from models.arch.sdc import SDCHead
 from models.loss.ntxent import nt_xent
 from models.loss.sdc import SDCLoss, calibration_targets, pair_indices
-from utils.errors import ConfigError
 
 
 def test_targets_n32_match_scipy_values_of_methods_md():
@@ -46,7 +45,7 @@ def test_pairings():
     assert a.tolist() == [0, 1, 4, 5] and b.tolist() == [2, 3, 6, 7]
     # pairs never cross the view boundary at row 4
     assert all((x < 4) == (y < 4) for x, y in zip(a.tolist(), b.tolist()))
-    with pytest.raises(ConfigError, match="pairing"):
+    with pytest.raises(ValueError, match="pairing"):
         pair_indices(8, "random")
 
 
@@ -82,7 +81,7 @@ def test_odd_row_dropped_and_l2_hinge_variants():
     assert SDCLoss()(x, v)["loss"].item() == pytest.approx(SDCLoss()(x[:6], v[:6])["loss"].item())
     for kind in ("l2", "hinge"):
         assert torch.isfinite(SDCLoss(rec_type=kind)(x, v)["loss"])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         SDCLoss()(x[:1], v[:1])
 
 

@@ -40,7 +40,7 @@ def test_odd_row_is_dropped_from_the_pairs_but_not_from_the_quantisation():
     terms = UGHLoss()(x5, h5, torch.sign(h5))
     assert terms["mse"].item() == pytest.approx(0.125, abs=1e-7)
     assert terms["quan"].item() == pytest.approx((2.25 + 8) / 20, abs=1e-7)
-    with pytest.raises(ConfigError, match="at least two rows"):
+    with pytest.raises(ValueError, match="at least two rows"):
         UGHLoss()(X[:1], H[:1], B[:1])
 
 
@@ -113,3 +113,13 @@ def test_batch_of_one_is_rejected(tmp_path):
     cfg = compose(["model=ugh", "backbone=tiny", "val_size=0", "select_on=last", "batch_size=1"])
     with pytest.raises(ConfigError, match="batch_size must be at least 2"):
         build_trainer(cfg, tmp_path)
+
+
+def test_a_run_saved_under_the_trainers_old_name_still_loads():
+    # config.yaml of runs saved before the rename: model.trainer = models.trainers.ugh.UGHTrainer
+    from hydra.utils import get_class
+
+    from models.trainers.paired_codes import PairedCodesTrainer
+
+    assert get_class("models.trainers.ugh.UGHTrainer") is PairedCodesTrainer
+    assert get_class(compose(["model=ugh"]).model.trainer) is PairedCodesTrainer

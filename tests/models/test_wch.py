@@ -12,9 +12,9 @@ from models.arch.wch import (
     WCHHead,
     cross_attention,
     mean_max_cosine,
-    sign_straight_through,
     weight_matrix,
 )
+from models.layers.sign import sign_ste
 from models.loss.wch import WCHLoss
 from utils.errors import ConfigError
 
@@ -102,7 +102,7 @@ def test_wch_weight_matrix_diagonal_is_exactly_one():
 
 def test_wch_straight_through_sign():
     a = torch.tensor([[-0.7, 0.2], [0.9, -0.1]], requires_grad=True)
-    h = sign_straight_through(a)
+    h = sign_ste(a)  # the straight-through sign of the WCH head
     assert h.tolist() == [[-1.0, 1.0], [1.0, -1.0]]
     g = torch.tensor([[1.0, -2.0], [3.0, 4.0]])
     h.backward(g)
@@ -123,7 +123,7 @@ def test_wch_head_init_eval_codes_and_train_forward_shapes():
     h1, h2, weighted = head.train_forward(tokens, torch.randn(5, 9, 16))
     assert h1.shape == h2.shape == (5, 8) and weighted.shape == (5, 5)
     assert set(h1.unique().tolist()) <= {-1.0, 1.0}
-    with pytest.raises(ConfigError, match="token_dim"):
+    with pytest.raises(ValueError, match="token_dim"):
         head(torch.randn(5, 9, 32))
 
 

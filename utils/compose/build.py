@@ -11,24 +11,13 @@ import numpy as np
 import torch
 from hydra.utils import get_class
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from models.arch.base import HashModel
-from utils.errors import ConfigError, UserError
+from utils.errors import ConfigError, settings_of, user_error_in
 
 log = logging.getLogger(__name__)
-
-
-def user_error_in(error: BaseException) -> UserError | None:
-    """The UserError behind an exception (Hydra wraps constructor errors), if any."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, UserError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def instantiate(node, **kwargs):
@@ -76,7 +65,8 @@ def build_model(cfg: DictConfig, backbone: nn.Module | None = None) -> HashModel
     if not isinstance(nbit, int) or nbit < 1:
         raise ConfigError(f"model.nbit must be a positive integer, got {nbit!r}")
     backbone = backbone if backbone is not None else build_backbone(cfg)
-    head = instantiate(cfg.model.head, in_features=backbone.features_size, nbit=nbit)
+    with settings_of("model.head"):
+        head = instantiate(cfg.model.head, in_features=backbone.features_size, nbit=nbit)
     if head.input_kind == "tokens" and not getattr(backbone, "has_tokens", False):
         raise ConfigError(f"model={cfg.model.name} reads patch tokens but the backbone "
                           f"{cfg.backbone._target_} has none: use backbone=vit_b16 "
@@ -85,7 +75,8 @@ def build_model(cfg: DictConfig, backbone: nn.Module | None = None) -> HashModel
 
 
 def build_criterion(cfg: DictConfig) -> nn.Module:
-    return instantiate(cfg.model.loss)
+    with settings_of("model.loss"):
+        return instantiate(cfg.model.loss)
 
 
 def build_train_transform(cfg: DictConfig):
@@ -117,7 +108,3 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer):
 
 def trainer_class(cfg: DictConfig):
     return get_class(cfg.model.trainer)
-
-
-def config_summary(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +19,6 @@ from utils.errors import CheckpointError, ConfigError, UserError
 from utils.seed import run_seed, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-def exit_on_user_error(function):
-    """Turn a UserError into one line on stderr and exit status 2 (no traceback)."""
-
-    @wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except Exception as error:
-            user_error = build.user_error_in(error)
-            if user_error is None:
-                raise
-            if distributed.is_main():  # torchrun: every rank fails alike, one of them says why
-                print(f"error: {user_error}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted: resume with resume=<run dir>", file=sys.stderr)
-            sys.exit(130)
-
-    return wrapper
 
 
 def build_trainer(cfg: DictConfig, logdir: str | Path):
