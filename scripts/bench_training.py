@@ -59,8 +59,8 @@ def time_batches(trainer, optimizer, max_batches: int | None) -> tuple[float, in
 
 
 def bench(overrides: list[str], logdir: Path, live_batches: int, cached_epochs: int) -> dict:
-    from utils import build
-    from utils.experiment import build_trainer
+    from utils.compose import build
+    from utils.compose.experiment import build_trainer
 
     results: dict = {}
     # live frozen backbone

@@ -70,7 +70,7 @@ def test_a_loss_setting_the_loss_refuses_is_one_sentence_naming_model_loss(tmp_p
 
 
 def test_a_head_setting_the_head_refuses_names_model_head(tmp_path):
-    from utils import build
+    from utils.compose import build
 
     cfg = compose_run(["model=wch", "backbone=tiny", "dataset=digits", "model.head.tau_w=0"],
                       tmp_path)
