@@ -43,7 +43,8 @@ Modules, one job each (no per-query sort of the database in either engine; both 
 histograms of items and relevant items per distance and the index-ordered sums at the cut-offs):
 
 * :mod:`~utils.retrieval.api` -- ``mean_average_precision``, ``retrieval_report``; engine choice
-  (``backend="auto"``: numba for CPU inputs, torch on other devices).
+  (``backend="auto"``: numba for CPU inputs, torch for CUDA inputs;
+  inputs on other devices, e.g. MPS, are scored on the CPU).
 * :mod:`~utils.retrieval.codes` -- ``binarize``, ``pack_codes``, ``unpack_bits``,
   ``hamming_distance``; code validation.
 * :mod:`~utils.retrieval.inputs` -- argument and label checks; the engines' input and output.

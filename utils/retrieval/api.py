@@ -2,8 +2,8 @@
 
 Checks the arguments (:mod:`utils.retrieval.inputs`), chooses the engine -- ``backend="auto"``:
 :mod:`~utils.retrieval.numba_engine` for CPU inputs (NumPy input runs on the CPU),
-:mod:`~utils.retrieval.torch_engine` for any other device; ``"numba"`` / ``"torch"`` force one --
-and forms every metric from the per-query histograms and index-ordered sums the engine returns.
+:mod:`~utils.retrieval.torch_engine` for CUDA inputs (inputs on other devices, e.g. MPS, are
+scored on the CPU); ``"numba"`` / ``"torch"`` force one -- and forms every metric from the per-query histograms and index-ordered sums the engine returns.
 Conventions (package docstring): ties ordered by database index for ``mAP@R``, P@k, Recall@k
 and HitRate@k; ``mAP_tie@R`` is the tie-aware expectation (:mod:`utils.retrieval.tie_aware`).
 
@@ -54,10 +54,14 @@ class _Engine:
 def _engine(query_codes: object, db_codes: object, query_labels: object, db_labels: object,
             backend: object, chunk_size: object) -> _Engine:
     """Validated, prepared inputs and the ``run`` of the backend: ``"auto"`` = numba for CPU
-    inputs, torch otherwise; ``"numba"`` (CPU only) or ``"torch"`` (any device)."""
+    inputs, torch for CUDA inputs; ``"numba"`` (CPU only) or ``"torch"`` (CPU or CUDA)."""
     check_choice(backend, _BACKENDS, "backend")
     chunk = check_chunk_size(chunk_size)  # the numba kernel needs no chunks: checked for all
     inputs = load_inputs(query_codes, db_codes, query_labels, db_labels)
+    if inputs.device.type not in ("cpu", "cuda"):
+        # the torch engine's float64 keys need the CPU or CUDA (MPS has no float64): other
+        # devices' inputs are scored on the CPU (the results are Python floats either way)
+        inputs = inputs.to(torch.device("cpu"))
     if backend == "numba" or (backend == "auto" and inputs.device.type == "cpu"):
         nprep = numba_engine.prepare(inputs)
         return _Engine(inputs.n_q, inputs.n_db, inputs.nbit, inputs.device,
@@ -111,8 +115,8 @@ def mean_average_precision(
         zero_relevant: ``"count"`` (a query with no relevant item in its top R scores 0) or
             ``"skip"`` (such a query is left out; 0.0 if all are).
         chunk_size: queries per chunk (default: from a memory budget; torch engine only).
-        backend: ``"auto"`` (default: the numba engine for CPU inputs, the torch engine on
-            other devices), ``"numba"`` or ``"torch"``; same results.
+        backend: ``"auto"`` (default: the numba engine for CPU inputs, the torch engine for
+            CUDA inputs), ``"numba"`` or ``"torch"``; same results.
         packed, nbit: ``packed=True, nbit=K``: both code sets are ``(N, ceil(K / 8))`` uint8
             bit-packed codes (:func:`pack_codes` / ``np.packbits`` layout, bit 1 = +1). Without
             it a uint8 (or other unsigned) array is refused: read as real-valued codes every

@@ -31,6 +31,11 @@ class Inputs:
     db_labels: torch.Tensor  # (N,) or (N, C), the same kind as query_labels
     device: torch.device
 
+    def to(self, device: torch.device) -> Inputs:
+        """The same inputs on ``device``."""
+        return Inputs(self.query_codes.to(device), self.db_codes.to(device),
+                      self.query_labels.to(device), self.db_labels.to(device), device)
+
     @property
     def multilabel(self) -> bool:
         return self.query_labels.ndim == 2
