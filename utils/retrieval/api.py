@@ -3,7 +3,8 @@
 Checks the arguments (:mod:`utils.retrieval.inputs`), chooses the engine -- ``backend="auto"``:
 :mod:`~utils.retrieval.numba_engine` for CPU inputs (NumPy input runs on the CPU),
 :mod:`~utils.retrieval.torch_engine` for CUDA inputs (inputs on other devices, e.g. MPS, are
-scored on the CPU); ``"numba"`` / ``"torch"`` force one -- and forms every metric from the per-query histograms and index-ordered sums the engine returns.
+scored on the CPU); ``"numba"`` / ``"torch"`` force one -- and forms every metric from the
+per-query histograms and index-ordered sums the engine returns.
 Conventions (package docstring): ties ordered by database index for ``mAP@R``, P@k, Recall@k
 and HitRate@k; ``mAP_tie@R`` is the tie-aware expectation (:mod:`utils.retrieval.tie_aware`).
 

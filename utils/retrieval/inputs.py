@@ -4,7 +4,8 @@ Every check of the metric arguments lives here (codes: :mod:`utils.retrieval.cod
 (a positive int, -1 or "all"), choices, labels (1-D class ids or 2-D {0,1} multi-hot, one kind
 for both sets), and shapes. :func:`load_inputs` returns the four tensors on one device (the
 queries', else the database's when only it is a tensor, else the CPU), and both engines answer
-with a :class:`PerQuery`.
+with a :class:`PerQuery`. The ranking conventions (ties ordered by database index; the
+tie-aware expectation) are the package docstring's.
 
 Tested through the public API in ``tests/utils/test_retrieval.py`` (the bad-input tables) and
 ``tests/utils/test_retrieval_packed.py``.
