@@ -626,9 +626,10 @@ def test_pack_and_distances(nbit):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_many_classes_at_the_float32_limit(backend):
-    # 400 classes x 66 distances = 52,800 bins per query: a requested chunk of 10,000 queries is
-    # capped so that every key stays exactly representable in float32 (< 2**24).
+def test_many_classes_and_the_int32_key_limit(backend):
+    # Up to 400 classes x 66 distances x 2 = 52,800 bins per query, inside the matmul (not the
+    # explicit mode): a requested chunk of 10,000 queries runs; with the int32 key limit lowered
+    # to the keys of 5 queries, the torch engine's chunks shrink below it, same results.
     rng = np.random.default_rng(12)
     q = rng.choice([-1.0, 1.0], (450, 65)).astype(np.float32)
     d = rng.choice([-1.0, 1.0], (30, 65)).astype(np.float32)
@@ -636,13 +637,24 @@ def test_many_classes_at_the_float32_limit(backend):
     d[:, :60] = 1.0
     ql, dl = rng.integers(0, 400, 450), rng.integers(0, 400, 30)
     ql[:200] = dl[rng.integers(0, 30, 200)]  # make sure many queries have a relevant item
-    rep = retrieval_report(q, d, ql, dl, R=[3, -1], ks=(2,), radius=1, chunk_size=10_000,
-                           backend=backend)
     exp = oracle(q, d, ql, dl, Rs=[3, -1], ks=[2], radii=[1])
-    assert rep["mAP@3"] == pytest.approx(exp[("mAP", 3)], abs=1e-9)
-    assert rep["mAP@all"] == pytest.approx(exp[("mAP", -1)], abs=1e-9)
-    assert rep["P@2"] == pytest.approx(exp[("P", 2)], abs=1e-9)
-    assert rep["P_radius@1"] == pytest.approx(exp[("Prad", 1)], abs=1e-9)
+    bins = 2 * len(np.unique(np.concatenate([ql, dl]))) * 66  # 2 sub-bins per class
+    for limit in (None, 5 * bins):
+        with contextlib.ExitStack() as stack:
+            spy = stack.enter_context(mock.patch.object(
+                torch_engine, "_chunk_keys", wraps=torch_engine._chunk_keys))
+            if limit:
+                stack.enter_context(mock.patch.object(torch_engine, "_INT32_LIMIT", limit))
+            rep = retrieval_report(q, d, ql, dl, R=[3, -1], ks=(2,), radius=1,
+                                   chunk_size=10_000, backend=backend)
+        chunks = [c.args[2] - c.args[1] for c in spy.call_args_list]  # (prep, start, stop)
+        if backend == "torch":
+            assert sum(chunks) == 450
+            assert max(chunks) == (450 if limit is None else 4)  # 4 * bins < limit
+        assert rep["mAP@3"] == pytest.approx(exp[("mAP", 3)], abs=1e-9)
+        assert rep["mAP@all"] == pytest.approx(exp[("mAP", -1)], abs=1e-9)
+        assert rep["P@2"] == pytest.approx(exp[("P", 2)], abs=1e-9)
+        assert rep["P_radius@1"] == pytest.approx(exp[("Prad", 1)], abs=1e-9)
 
 
 @settings(max_examples=60, deadline=None)
