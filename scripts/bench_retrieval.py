@@ -1,4 +1,4 @@
-"""Benchmark of the retrieval metrics engine (utils/retrieval.py).
+"""Benchmark of the retrieval metrics engine (utils/retrieval/).
 
     python scripts/bench_retrieval.py            # the four measurements of issue 2
     python scripts/bench_retrieval.py --quick    # every case shrunk (smoke test)
@@ -260,11 +260,9 @@ def case_bits(args, sizes):
 
 
 def _backend_name():
-    import utils.retrieval as ret
+    import numba
 
-    if not ret._HAVE_NUMBA:
-        return "torch (numba not installed)"
-    return (f"numba {ret._numba.__version__} kernels (threads = torch.get_num_threads(); "
+    return (f"numba {numba.__version__} kernels (threads = torch.get_num_threads(); "
             f"baseline: torch)")
 
 

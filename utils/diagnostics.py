@@ -1,7 +1,7 @@
 """The numbers behind the code diagnostics: per-evaluation statistics (TensorBoard) and the data
 of every figure of ``val.py plots=true`` / ``scripts/plot.py`` (drawn by :mod:`utils.plots`).
 
-Conventions are the retrieval engine's (``utils/retrieval.py``, design.md §5): binary code
+Conventions are the retrieval engine's (``utils/retrieval/``, design.md §5): binary code
 ``b = +1 where v >= 0 else -1``; Hamming distance ``d = (K - <b_q, b_g>) / 2`` in 0..K;
 relevance = same class (1-D labels) or at least one shared label (2-D multi-hot); ranking by
 (distance, database index). Precision-recall and precision@k points come from the engine

@@ -1,4 +1,4 @@
-"""Tests for utils/retrieval.py: hand-computed cases, a brute-force NumPy oracle, exhaustive
+"""Tests for utils/retrieval/: hand-computed cases, a brute-force NumPy oracle, exhaustive
 enumeration of tie orders, invariances, bad input, and CPU/CUDA agreement."""
 
 import contextlib
@@ -14,22 +14,24 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import utils.retrieval as ret
 from conftest import REPO
+from utils.code_index import popcount_distances
 from utils.retrieval import (
     binarize,
     hamming_distance,
-    hamming_distance_packed,
     mean_average_precision,
+    numba_engine,
     pack_codes,
     retrieval_report,
-    unpack_codes,
+    tie_aware,
+    torch_engine,
+    unpack_bits,
 )
+from utils.retrieval.torch_engine import sparse_nonzero
 
-#: Engines checked against the oracle: the torch matmul/bincount path and the numba CPU kernels
-#: (skipped when numba is not installed; ``backend="auto"`` then falls back to torch).
-BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(
-    not ret._HAVE_NUMBA, reason="numba is not installed"))]
+#: Engines checked against the oracle: the torch matmul/bincount engine (run here on the CPU)
+#: and the numba CPU engine (numba is a requirement).
+BACKENDS = ["torch", "numba"]
 
 # --------------------------------------------------------------------------------------------
 # Independent brute-force oracle: full distance matrix, stable argsort, plain loops.
@@ -158,7 +160,8 @@ def test_hamming_example():
     a = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
     b = torch.tensor([[1.0, -1.0, -1.0, 1.0]])
     assert hamming_distance(a, b).item() == 2
-    assert hamming_distance_packed(pack_codes(a), pack_codes(b)).item() == 2
+    # the packed form, as the search computes it (utils/code_index.py)
+    assert popcount_distances(pack_codes(a).numpy(), pack_codes(b).numpy()).item() == 2
 
 
 # Single-label, nbit = 3.
@@ -364,10 +367,9 @@ def problems(draw, max_q=10, max_db=40, bits=(1, 2, 3, 7, 8, 24, 65)):
 
 @st.composite
 def engine_settings(draw):
-    """Chunk size, tiny database tiles, tiny row blocks, and the explicit-relevance path."""
+    """Chunk size, tiny row blocks, and the explicit-relevance path."""
     return dict(
         chunk=draw(st.sampled_from([None, 1, 2, 3, 7])),
-        tile=draw(st.sampled_from([None, 1, 3, 8])),
         row_block=draw(st.sampled_from([None, 1, 2])),
         explicit=draw(st.booleans()),
     )
@@ -375,13 +377,10 @@ def engine_settings(draw):
 
 def _patched(cfg):
     patches = []
-    if cfg["tile"] is not None:
-        patches += [mock.patch.object(ret, "_CPU_MIN_TILE", cfg["tile"]),
-                    mock.patch.object(ret, "_CPU_TILE_PAIRS", cfg["tile"])]
     if cfg["row_block"] is not None:
-        patches.append(mock.patch.object(ret, "_ROW_BLOCK", cfg["row_block"]))
+        patches.append(mock.patch.object(tie_aware, "ROW_BLOCK", cfg["row_block"]))
     if cfg["explicit"]:
-        patches.append(mock.patch.object(ret, "_MAX_BINS_PER_QUERY", 0))
+        patches.append(mock.patch.object(torch_engine, "_MAX_BINS_PER_QUERY", 0))
     stack = contextlib.ExitStack()
     for p in patches:
         stack.enter_context(p)
@@ -429,17 +428,14 @@ def test_map_matches_oracle(backend, prob, cfg, zero_relevant):
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
-@pytest.mark.parametrize("small_tiles", [False, True])
+@pytest.mark.parametrize("small_chunks", [False, True])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_medium_case_matches_oracle(multilabel, small_tiles, backend):
-    # 12 bits, 2,500 items: big tie groups; several chunks and (optionally) database tiles.
+def test_medium_case_matches_oracle(multilabel, small_chunks, backend):
+    # 12 bits, 2,500 items: big tie groups; one or several chunks of queries.
     q, d, ql, dl = _medium(seed=21, n_q=37, n_db=2500, nbit=12, multilabel=multilabel)
     kw = dict(R=[1, 300, 2500, -1], ks=(1, 10, 299, 3000), radius=[0, 3, 12])
-    with contextlib.ExitStack() as stack:
-        if small_tiles:
-            stack.enter_context(mock.patch.object(ret, "_CPU_TILE_PAIRS", 5000))
-        rep = retrieval_report(q, d, ql, dl, chunk_size=7 if small_tiles else None,
-                               backend=backend, **kw)
+    rep = retrieval_report(q, d, ql, dl, chunk_size=7 if small_chunks else None,
+                           backend=backend, **kw)
     exp = oracle(q, d, ql, dl, Rs=kw["R"], ks=kw["ks"], radii=kw["radius"])
     for R in kw["R"]:
         name = "all" if R == -1 else str(R)
@@ -623,17 +619,17 @@ def test_pack_and_distances(nbit):
     packed = pack_codes(a)
     assert packed.dtype == torch.uint8 and packed.shape == (9, (nbit + 7) // 8)
     np.testing.assert_array_equal(packed.numpy(), np.packbits(a >= 0, axis=1))
-    assert torch.equal(unpack_codes(packed, nbit), binarize(a))
+    assert torch.equal(unpack_bits(packed, nbit), binarize(a) > 0)
     dist = hamming_distance(a, b)
     brute = ((a[:, None, :] >= 0) != (b[None, :, :] >= 0)).sum(-1)
     np.testing.assert_array_equal(dist.numpy(), brute)
-    np.testing.assert_array_equal(hamming_distance_packed(packed, pack_codes(b)).numpy(), brute)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_many_classes_at_the_float32_limit(backend):
-    # 400 classes x 66 distances = 52,800 bins per query: a requested chunk of 10,000 queries is
-    # capped so that every key stays exactly representable in float32 (< 2**24).
+def test_many_classes_and_the_int32_key_limit(backend):
+    # Up to 400 classes x 66 distances x 2 = 52,800 bins per query, inside the matmul (not the
+    # explicit mode): a requested chunk of 10,000 queries runs; with the int32 key limit lowered
+    # to the keys of 5 queries, the torch engine's chunks shrink below it, same results.
     rng = np.random.default_rng(12)
     q = rng.choice([-1.0, 1.0], (450, 65)).astype(np.float32)
     d = rng.choice([-1.0, 1.0], (30, 65)).astype(np.float32)
@@ -641,13 +637,24 @@ def test_many_classes_at_the_float32_limit(backend):
     d[:, :60] = 1.0
     ql, dl = rng.integers(0, 400, 450), rng.integers(0, 400, 30)
     ql[:200] = dl[rng.integers(0, 30, 200)]  # make sure many queries have a relevant item
-    rep = retrieval_report(q, d, ql, dl, R=[3, -1], ks=(2,), radius=1, chunk_size=10_000,
-                           backend=backend)
     exp = oracle(q, d, ql, dl, Rs=[3, -1], ks=[2], radii=[1])
-    assert rep["mAP@3"] == pytest.approx(exp[("mAP", 3)], abs=1e-9)
-    assert rep["mAP@all"] == pytest.approx(exp[("mAP", -1)], abs=1e-9)
-    assert rep["P@2"] == pytest.approx(exp[("P", 2)], abs=1e-9)
-    assert rep["P_radius@1"] == pytest.approx(exp[("Prad", 1)], abs=1e-9)
+    bins = 2 * len(np.unique(np.concatenate([ql, dl]))) * 66  # 2 sub-bins per class
+    for limit in (None, 5 * bins):
+        with contextlib.ExitStack() as stack:
+            spy = stack.enter_context(mock.patch.object(
+                torch_engine, "_chunk_keys", wraps=torch_engine._chunk_keys))
+            if limit:
+                stack.enter_context(mock.patch.object(torch_engine, "_INT32_LIMIT", limit))
+            rep = retrieval_report(q, d, ql, dl, R=[3, -1], ks=(2,), radius=1,
+                                   chunk_size=10_000, backend=backend)
+        chunks = [c.args[2] - c.args[1] for c in spy.call_args_list]  # (prep, start, stop)
+        if backend == "torch":
+            assert sum(chunks) == 450
+            assert max(chunks) == (450 if limit is None else 4)  # 4 * bins < limit
+        assert rep["mAP@3"] == pytest.approx(exp[("mAP", 3)], abs=1e-9)
+        assert rep["mAP@all"] == pytest.approx(exp[("mAP", -1)], abs=1e-9)
+        assert rep["P@2"] == pytest.approx(exp[("P", 2)], abs=1e-9)
+        assert rep["P_radius@1"] == pytest.approx(exp[("Prad", 1)], abs=1e-9)
 
 
 @settings(max_examples=60, deadline=None)
@@ -656,7 +663,7 @@ def test_sparse_nonzero_matches_nonzero(n, p, offset, seed):
     g = torch.Generator().manual_seed(seed)
     mask = torch.rand(n + offset, generator=g) < p
     view = mask[offset:]
-    assert torch.equal(ret._sparse_nonzero(view), view.nonzero().squeeze(1))
+    assert torch.equal(sparse_nonzero(view), view.nonzero().squeeze(1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -664,10 +671,6 @@ def test_sparse_nonzero_matches_nonzero(n, p, offset, seed):
 # --------------------------------------------------------------------------------------------
 
 
-needs_numba = pytest.mark.skipif(not ret._HAVE_NUMBA, reason="numba is not installed")
-
-
-@needs_numba
 @pytest.mark.parametrize("nbit, n_lab", [(12, 0), (64, 0), (65, 3), (128, 70), (24, 21)])
 def test_numba_equals_torch(nbit, n_lab):
     # Multi-word codes (65, 128 bits) and labels (70 labels = 2 uint64 words), heavy ties
@@ -692,7 +695,6 @@ def test_numba_equals_torch(nbit, n_lab):
                 mean_average_precision(q, d, ql, dl, R=R, ties=ties, backend="torch")
 
 
-@needs_numba
 @pytest.mark.parametrize("kind", ["float", "bool", "int8", "torch_uint8", "bool_codes"])
 def test_numba_label_and_code_dtypes(kind):
     q, d, ql, dl = _medium(seed=8)
@@ -711,17 +713,13 @@ def test_numba_label_and_code_dtypes(kind):
         retrieval_report(q, d, ql, dl, backend="torch", **kw)
 
 
-def test_backend_auto_choice_and_fallback():
+def test_backend_auto_choice():
     q, d, ql, dl = _medium(seed=6)
-    exp = mean_average_precision(q, d, ql, dl, R=9, backend="torch")
-    with mock.patch.object(ret, "_run_numba", wraps=ret._run_numba) as spy:
-        assert mean_average_precision(q, d, ql, dl, R=9) == pytest.approx(exp, abs=1e-12)
-    assert spy.called == ret._HAVE_NUMBA  # auto = numba on the CPU when numba imports
-    with mock.patch.object(ret, "_HAVE_NUMBA", False), \
-            mock.patch.object(ret, "_run_numba", side_effect=AssertionError) as spy:
-        assert mean_average_precision(q, d, ql, dl, R=9) == exp  # silent fallback to torch
-        with pytest.raises(ValueError, match="needs the numba package"):
-            mean_average_precision(q, d, ql, dl, R=9, backend="numba")
+    with mock.patch.object(numba_engine, "run", side_effect=AssertionError):
+        exp = mean_average_precision(q, d, ql, dl, R=9, backend="torch")  # torch: no numba
+    with mock.patch.object(numba_engine, "run", wraps=numba_engine.run) as spy:
+        assert mean_average_precision(q, d, ql, dl, R=9) == exp
+    assert spy.called  # auto = numba on the CPU (CUDA inputs: test_cuda_matches_cpu)
     with pytest.raises(ValueError, match="unknown backend='cuda'"):
         retrieval_report(q, d, ql, dl, backend="cuda")
 
@@ -798,8 +796,9 @@ def test_cuda_matches_cpu(multilabel):
     kw = dict(R=[100, -1], ks=(1, 10, 100), radius=[0, 2])
     cpu = retrieval_report(q, d, ql, dl, **kw)
     dev = torch.device("cuda")
-    gpu = retrieval_report(torch.from_numpy(q).to(dev), torch.from_numpy(d).to(dev),
-                           torch.from_numpy(ql).to(dev), torch.from_numpy(dl).to(dev), **kw)
+    with mock.patch.object(numba_engine, "run", side_effect=AssertionError):  # auto = torch
+        gpu = retrieval_report(torch.from_numpy(q).to(dev), torch.from_numpy(d).to(dev),
+                               torch.from_numpy(ql).to(dev), torch.from_numpy(dl).to(dev), **kw)
     for k, v in _scalars(cpu).items():
         assert gpu[k] == pytest.approx(v, abs=1e-9), k
     np.testing.assert_allclose(gpu["pr_curve"]["precision"], cpu["pr_curve"]["precision"],
@@ -810,7 +809,6 @@ def test_cuda_matches_cpu(multilabel):
     assert mixed == pytest.approx(cpu["mAP_tie@100"], abs=1e-9)
 
 
-@needs_numba
 @pytest.mark.parametrize("layer", ["default", "workqueue"])
 def test_numba_kernels_leave_torch_threads_alone(layer):
     """A parallel numba kernel must not change torch's OpenMP thread count: with numba's "omp"

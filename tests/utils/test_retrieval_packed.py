@@ -10,7 +10,6 @@ from utils.retrieval import (
     pack_codes,
     retrieval_report,
     unpack_bits,
-    unpack_codes,
 )
 
 BACKENDS = ["torch", "numba", "auto"]
@@ -81,4 +80,3 @@ def test_unpack_round_trip():
     bits = unpack_bits(pack_codes(u), 13)
     assert bits.dtype == torch.bool
     assert torch.equal(bits, u >= 0)
-    assert torch.equal(unpack_codes(pack_codes(u), 13), (u >= 0).float() * 2 - 1)
