@@ -231,6 +231,7 @@ class TransformedSplit(torch.utils.data.Dataset):
     def _seeded_transform(self, item, i: int):
         """The transform with torch's CPU RNG seeded for item i, the RNG state restored after
         (torch.manual_seed would also reseed every accelerator: 60x slower per item)."""
+        assert self.item_seed is not None and self.transform is not None
         saved = torch.get_rng_state()
         # an odd multiplier makes the seeds of the items of one epoch distinct
         torch.default_generator.manual_seed((self.item_seed ^ (i * _ITEM_SEED_STEP)) % 2**63)

@@ -54,7 +54,7 @@ class _Pipeline:
 
     views = 1
 
-    def __init__(self, steps: Sequence[Callable]):
+    def __init__(self, steps: Sequence[Callable | None]):
         self.pipeline = v2.Compose([s for s in steps if s is not None])
 
     def __call__(self, img) -> torch.Tensor:

@@ -71,6 +71,8 @@ def graph(root: Path = ROOT) -> tuple[Counter, list[str]]:
     breaches = []
     for path in project_files(root):
         source = part_of(file_module(path, root))
+        if source is None:  # not a project file
+            continue
         for name in imports_of(path):
             target = part_of(name)
             if target is None or target == source:

@@ -138,7 +138,7 @@ def write_run_plots(cfg, query, database, query_labels, db_labels, checkpoint: s
     images, note = (grid_images(data["retrieval_grid"]) if grid_images is not None
                     else (None, "retrieval grid skipped: no images were given"))
     if images is None:
-        notes.append(note)
+        notes.append(note or "retrieval grid skipped")
     else:
         names = [f"{class_name(np.asarray(query_labels)[r['query']], class_names)}\nquery {r['query']}"
                  for r in data["retrieval_grid"]]

@@ -21,9 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from utils.checkpoint import read_json, remove_stale_temporaries, save_checkpoint, write_json
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 SELECT_ON = ("val", "query", "last")
 
@@ -48,7 +51,7 @@ class RunRecorder:
         self.train_history: list[dict[str, Any]] = []
         self.test_history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"metric": -math.inf, "epoch": None}
-        self.tensorboard = None
+        self.tensorboard: SummaryWriter | None = None
 
     # ------------------------------------------------------------------ open / close
     def open(self) -> None:

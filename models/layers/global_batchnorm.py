@@ -39,7 +39,8 @@ def global_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """``module`` with every BatchNorm layer normalising over the global batch (see the module
     docstring): SyncBatchNorm on CUDA, the gathering hooks elsewhere."""
     if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        converted: nn.Module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # type: ignore[no-untyped-call]
+        return converted
     for layer in module.modules():
         if isinstance(layer, nn.modules.batchnorm._BatchNorm):
             layer.register_forward_pre_hook(_gather_rows)
