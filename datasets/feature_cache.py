@@ -250,6 +250,11 @@ def _extract_locked(split: ImageSplit, run: Callable, transform: Callable, path:
     pieces = {start: _read_shard(partial / f"{start:09d}.npy", stop - start)
               for start, stop in shards}
     started, computed = time.time(), 0
+    torch_threads = torch.get_num_threads()
+    if getattr(run, "own_threads", False):
+        # the engine has its own thread pool; torch only decodes and resizes here, per image,
+        # which beside busy processes is 16x slower with 2 threads than with 1 (docs/extraction.md)
+        torch.set_num_threads(1)
     bar = tqdm(total=n, initial=sum(len(p) for p in pieces.values() if p is not None), desc=desc,
                unit="img", disable=not progress, smoothing=0.1)
     try:
@@ -268,6 +273,7 @@ def _extract_locked(split: ImageSplit, run: Callable, transform: Callable, path:
                 write_npy(partial / f"{start:09d}.npy", pieces[start])
     finally:
         bar.close()
+        torch.set_num_threads(torch_threads)
     features = np.concatenate([pieces[a] for a, _ in shards]) if shards else np.zeros((0, 0), dtype)
     if features.shape[0] != n:
         raise DataError(f"feature cache {partial} holds {features.shape[0]} rows for {n} items: "

@@ -52,6 +52,7 @@ class TorchExtractor:
     """
 
     name = "torch"
+    own_threads = False  # runs on torch's intra-op threads
 
     def __init__(self, backbone: nn.Module, device: torch.device):
         self.backbone, self.device = backbone, torch.device(device)
@@ -81,6 +82,7 @@ class _EngineExtractor:
 
     name = "engine"
     package = ""
+    own_threads = True  # runs on its own thread pool, not torch's
 
     def __init__(self, backbone: nn.Module, threads: int):
         self.backbone = backbone
@@ -105,7 +107,10 @@ class _EngineExtractor:
                     # the trace warns about Python control flow on shapes (fixed per shape here)
                     warnings.simplefilter("ignore")
                     example = images[:2].float().contiguous()
-                    runner = self._convert(example)
+                    # traced on other (seeded random) values than it is checked on: a value the
+                    # trace froze into a constant (e.g. computed outside torch) is then caught
+                    runner = self._convert(torch.rand(example.shape,
+                                                      generator=torch.Generator().manual_seed(0)))
                     expected = self.backbone(example).float().numpy()
             finally:
                 self.backbone.train(was_training)
