@@ -177,10 +177,18 @@ class ONNXRuntimeExtractor(_EngineExtractor):
         import onnxruntime as ort
 
         buffer = io.BytesIO()
-        # dynamo=False: the TorchScript exporter needs no onnxscript (the dynamo one does)
-        torch.onnx.export(self.backbone, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["images"], output_names=["features"],
-                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        # the fused attention kernel of nn.MultiheadAttention in eval mode (ViT) has no ONNX op:
+        # export the plain attention it computes instead
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            # dynamo=False: the TorchScript exporter needs no onnxscript (the dynamo one does)
+            torch.onnx.export(self.backbone, (example,), buffer, dynamo=False,
+                              opset_version=ONNX_OPSET, input_names=["images"],
+                              output_names=["features"],
+                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
