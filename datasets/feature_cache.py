@@ -456,7 +456,8 @@ def apply_feature_cache(cfg: DictConfig, model, data: HashingData, train_transfo
     n_views = int(cfg.get("feature_cache_views", 8))
     views = int(getattr(train_transform, "views", 1))
     backbone = model.backbone.to(device)
-    # a config saved before feature_extractor existed ran torch: its cache and numbers stay valid
+    # a config saved before feature_extractor existed ran torch: it keeps running torch (its
+    # numbers stay; its cache files, keyed without an engine, are extracted once more)
     setting = cfg.get("feature_extractor", "torch")
     engine, _ = resolve_engine(setting, device)
     extractor = None  # built on the first missing entry (converting costs seconds)
