@@ -4,8 +4,10 @@ When the backbone is frozen and deterministic (eval mode, no dropout or drop-con
 forward of an image through it gives the same vector, so the engine may compute the features
 of the training, query and database images once, keep them on disk, and train the hashing head
 from them. :func:`apply_feature_cache` (called by ``utils.compose.experiment.build_trainer``, so that
-main_v2.py and val.py see the same features) swaps the splits, the transforms and the backbone
-before the trainer is built; no method's code changes.
+main_v2.py and val.py see the same features) returns the cached splits, their pass-through
+transforms and the feature size; the composer puts them in place of the image splits and the
+backbone before the trainer is built; no method's code changes. The backbone runs through the
+engine ``feature_extractor`` chooses (``utils/feature_extractor.py``: OpenVINO on a CPU by default).
 
 What is cached (one *entry* = the features ``(N, D)`` of one split under one transform):
 
@@ -25,8 +27,9 @@ The cache key (SHA-256 of the JSON of its parts; the parts are stored inside the
 re-checked on load) covers: the dataset name and split name, a fingerprint of the split's items
 (class, labels, file paths and sizes / array positions and a hash of the pixel pool / features),
 the backbone config (``_target_`` and arguments) and a hash of its weights (the whole state_dict),
-the transform config, the view index (and pipeline of a two-view transform), the stored dtype
-and a format version. Files: ``<feature_cache_dir>/<dataset>/<split>-<kind>-<key>.npz``
+the transform config, the view index (and pipeline of a two-view transform), the stored dtype,
+the engine that ran the backbone (torch, openvino, onnxruntime: a cache never mixes them) and a
+format version. Files: ``<feature_cache_dir>/<dataset>/<split>-<kind>-<key>.npz``
 (default ``<data_dir>/feature_cache``).
 
 Crash safety: extraction writes shards of ``SHARD`` items into ``<entry>.partial/`` (each shard
@@ -44,6 +47,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +77,7 @@ from utils.checkpoint import (
 )
 from utils.config import progress_bars
 from utils.errors import ConfigError, DataError
+from utils.feature_extractor import TorchExtractor, build_extractor, resolve_engine
 from utils.resources import resolve_workers
 
 log = logging.getLogger(__name__)
@@ -194,12 +199,14 @@ class _Items(Dataset):
         return self.transform(self.split.load(i))
 
 
-def extract(split: ImageSplit, backbone: nn.Module, transform: Callable, path: Path, parts: dict,
-            device: torch.device, batch_size: int = 128, num_workers: int = 0,
+def extract(split: ImageSplit, backbone: nn.Module | Callable, transform: Callable, path: Path,
+            parts: dict, device: torch.device, batch_size: int = 128, num_workers: int = 0,
             view_seed: tuple[int, int] | None = None, progress: bool = True,
             desc: str = "features") -> np.ndarray:
-    """Features ``(N, D)`` of ``split`` through ``transform`` and ``backbone`` (eval mode, no grad),
-    stored at ``path`` (see the module docstring); loads them when already complete.
+    """Features ``(N, D)`` of ``split`` through ``transform`` and ``backbone`` (an ``nn.Module``,
+    run eagerly in eval mode without grad, or an extractor of ``utils/feature_extractor.py``:
+    images ``(B, C, H, W)`` -> ``(B, D)`` CPU tensor), stored at ``path`` (see the module
+    docstring); loads them when already complete.
 
     Processes that need the same entry at once (the jobs of a parallel sweep) take turns on a
     file lock ``<path>.lock``: the first extracts, the others wait and then load its file. The
@@ -208,6 +215,7 @@ def extract(split: ImageSplit, backbone: nn.Module, transform: Callable, path: P
     """
     features = load_entry(path, parts)
     if features is None:
+        run = TorchExtractor(backbone, device) if isinstance(backbone, nn.Module) else backbone
         lock = FileLock(str(path) + ".lock")
         try:
             lock.acquire(timeout=0)
@@ -217,8 +225,8 @@ def extract(split: ImageSplit, backbone: nn.Module, transform: Callable, path: P
         try:
             features = load_entry(path, parts)  # finished by the process we waited for
             if features is None:
-                return _extract_locked(split, backbone, transform, path, parts, device,
-                                       batch_size, num_workers, view_seed, progress, desc)
+                return _extract_locked(split, run, transform, path, parts, batch_size,
+                                       num_workers, view_seed, progress, desc)
         finally:
             lock.release()
     partial = path.with_name(path.name + ".partial")
@@ -227,10 +235,11 @@ def extract(split: ImageSplit, backbone: nn.Module, transform: Callable, path: P
     return features
 
 
-def _extract_locked(split: ImageSplit, backbone: nn.Module, transform: Callable, path: Path,
-                    parts: dict, device: torch.device, batch_size: int, num_workers: int,
+def _extract_locked(split: ImageSplit, run: Callable, transform: Callable, path: Path,
+                    parts: dict, batch_size: int, num_workers: int,
                     view_seed: tuple[int, int] | None, progress: bool, desc: str) -> np.ndarray:
-    """extract() under the entry's lock: resume the shards in ``<path>.partial/``, merge."""
+    """extract() under the entry's lock: resume the shards in ``<path>.partial/``, merge.
+    ``run``: images ``(B, C, H, W)`` -> features ``(B, D)`` on the CPU."""
     partial = path.with_name(path.name + ".partial")
     n = len(split)
     dtype = DTYPES[parts["dtype"]]
@@ -240,10 +249,12 @@ def _extract_locked(split: ImageSplit, backbone: nn.Module, transform: Callable,
     shards = [(s, min(s + SHARD, n)) for s in range(0, n, SHARD)]
     pieces = {start: _read_shard(partial / f"{start:09d}.npy", stop - start)
               for start, stop in shards}
-    was_training = backbone.training
-    backbone.eval()
-    channels_last = device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in backbone.modules())
     started, computed = time.time(), 0
+    torch_threads = torch.get_num_threads()
+    if getattr(run, "own_threads", False):
+        # the engine has its own thread pool; torch only decodes and resizes here, per image,
+        # which beside busy processes is 16x slower with 2 threads than with 1 (docs/extraction.md)
+        torch.set_num_threads(1)
     bar = tqdm(total=n, initial=sum(len(p) for p in pieces.values() if p is not None), desc=desc,
                unit="img", disable=not progress, smoothing=0.1)
     try:
@@ -255,17 +266,14 @@ def _extract_locked(split: ImageSplit, backbone: nn.Module, transform: Callable,
                                     batch_size=batch_size, shuffle=False, num_workers=num_workers)
                 chunk = []
                 for images in loader:
-                    images = images.to(device)
-                    if channels_last and images.dim() == 4:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    chunk.append(backbone(images).float().cpu().numpy().astype(dtype))
+                    chunk.append(run(images).float().cpu().numpy().astype(dtype))
                     computed += len(images)
                     bar.update(len(images))
                 pieces[start] = np.concatenate(chunk)
                 write_npy(partial / f"{start:09d}.npy", pieces[start])
     finally:
         bar.close()
-        backbone.train(was_training)
+        torch.set_num_threads(torch_threads)
     features = np.concatenate([pieces[a] for a, _ in shards]) if shards else np.zeros((0, 0), dtype)
     if features.shape[0] != n:
         raise DataError(f"feature cache {partial} holds {features.shape[0]} rows for {n} items: "
@@ -274,8 +282,8 @@ def _extract_locked(split: ImageSplit, backbone: nn.Module, transform: Callable,
     shutil.rmtree(partial, ignore_errors=True)
     if computed:
         seconds = time.time() - started
-        log.info("feature cache: %d images of %s in %.1f s (%.1f images/s) -> %s", computed, desc,
-                 seconds, computed / max(seconds, 1e-9), path)
+        log.info("feature cache: %d images of %s in %.1f s (%.1f images/s, %s) -> %s", computed,
+                 desc, seconds, computed / max(seconds, 1e-9), parts.get("engine", "torch"), path)
     return features
 
 
@@ -361,9 +369,7 @@ def why_not_applicable(cfg: DictConfig, model, data: HashingData) -> str | None:
         return f"the backbone {cfg.backbone._target_} is not deterministic in eval mode"
     if model.head.input_kind != "features":
         return f"model={cfg.model.name} reads {model.head.input_kind}, not one feature vector per image"
-    from models.backbone.simple import Identity
-
-    if isinstance(backbone, (Identity, nn.Identity)) or any(
+    if getattr(backbone, "reads_features", False) or isinstance(backbone, nn.Identity) or any(
             is_feature_split(s) or isinstance(s, CachedSplit)
             for s in (data.train, data.query, data.database)):
         return "the dataset already yields feature vectors (nothing to cache)"
@@ -398,20 +404,43 @@ def _plain(node) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def apply_feature_cache(cfg: DictConfig, model, data: HashingData, train_transform,
-                        eval_transform, device: torch.device, closed_form: bool = False):
-    """Swap a frozen backbone for cached features when ``cfg.feature_cache`` allows it.
+@dataclass
+class CachedFeatures:
+    """What :func:`apply_feature_cache` computed, for the composer to use in place of the live
+    backbone: the three splits as :class:`CachedSplit` objects (``data``), the pass-through
+    transforms, ``features_size`` D (the composer replaces the model's backbone by an identity
+    over D features: ``HashModel.use_cached_features``) and the ``engine`` that extracted them."""
 
-    Returns ``(model, data, train_transform, eval_transform)``: unchanged when the cache does not
-    apply (``auto``, ``off``); else ``model.backbone`` is an identity over ``D`` features, the three
-    splits are :class:`CachedSplit` objects and the transforms are :class:`CachedView` pass-throughs
-    (with the train transform's ``views``). ``feature_cache=on`` where it cannot apply is a
-    ConfigError saying why. ``closed_form``: the trainer reads the training split through the eval
-    transform (LSH / PCAH / ITQ).
+    data: HashingData
+    train_transform: CachedView
+    eval_transform: CachedView
+    features_size: int
+    engine: str
+
+
+def _example_batch(split: ImageSplit, transform, count: int = 2) -> torch.Tensor:
+    """The first ``count`` items of ``split`` through ``transform``: ``(B, C, H, W)``, what an
+    engine converts the backbone for and checks it against eager torch on."""
+    return torch.stack([transform(split.load(i)) for i in range(min(count, len(split)))])
+
+
+def apply_feature_cache(cfg: DictConfig, model, data: HashingData, train_transform,
+                        eval_transform, device: torch.device,
+                        closed_form: bool = False) -> CachedFeatures | None:
+    """Compute (or load) the frozen backbone's features when ``cfg.feature_cache`` allows it.
+
+    Returns None when the cache does not apply (``auto``, ``off``), else :class:`CachedFeatures`:
+    the three splits as :class:`CachedSplit` objects, :class:`CachedView` pass-through transforms
+    (with the train transform's ``views``) and the feature size. The model is not changed: the
+    composer swaps its backbone. ``feature_cache=on`` where it cannot apply is a ConfigError
+    saying why. ``closed_form``: the trainer reads the training split through the eval transform
+    (LSH / PCAH / ITQ). The backbone runs through ``cfg.feature_extractor``
+    (utils/feature_extractor.py) with torch's current thread count; only entries that are
+    missing are extracted, so a complete cache converts nothing.
     """
     mode = str(cfg.get("feature_cache", "auto")).lower()
     if mode in ("false", "off", "0", "none"):
-        return model, data, train_transform, eval_transform
+        return None
     if mode not in ("auto", "on", "true", "1"):
         raise ConfigError(f"feature_cache must be auto, on or off, got {cfg.feature_cache!r}")
     reason = why_not_applicable(cfg, model, data)
@@ -419,7 +448,7 @@ def apply_feature_cache(cfg: DictConfig, model, data: HashingData, train_transfo
         if mode != "auto":
             raise ConfigError(f"feature_cache=on cannot apply: {reason} (or set feature_cache=auto)")
         log.info("feature cache not used: %s", reason)
-        return model, data, train_transform, eval_transform
+        return None
 
     dtype = str(cfg.get("feature_cache_dtype", "float32"))
     if dtype not in DTYPES:
@@ -427,11 +456,25 @@ def apply_feature_cache(cfg: DictConfig, model, data: HashingData, train_transfo
     n_views = int(cfg.get("feature_cache_views", 8))
     views = int(getattr(train_transform, "views", 1))
     backbone = model.backbone.to(device)
+    # a config saved before feature_extractor existed ran torch: it keeps running torch (its
+    # numbers stay; its cache files, keyed without an engine, are extracted once more)
+    setting = cfg.get("feature_extractor", "torch")
+    engine, _ = resolve_engine(setting, device)
+    extractor = None  # built on the first missing entry (converting costs seconds)
+
+    def ensure_extractor(example: torch.Tensor) -> None:
+        nonlocal extractor
+        if extractor is None:
+            extractor = build_extractor(backbone, setting, device, example)
+            if extractor.name != engine:  # the engine fell back: these features are not its
+                raise EngineFallback(extractor.name)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        ensure_extractor(images)
+        return extractor(images)
+
     root = cache_dir_of(cfg) / str(cfg.dataset.name)
     root.mkdir(parents=True, exist_ok=True)
-    common = {"version": FORMAT_VERSION, "dataset": str(cfg.dataset.name),
-              "backbone": _plain(cfg.backbone), "weights": weights_fingerprint(backbone),
-              "dtype": dtype}
     eval_cfg = {"_target_": "datasets.transforms.eval_transform", "resize": cfg.dataset.resize,
                 "crop": cfg.dataset.crop, "interpolation": "bicubic"}
     train_cfg = _plain(cfg.transforms)
@@ -439,55 +482,77 @@ def apply_feature_cache(cfg: DictConfig, model, data: HashingData, train_transfo
     workers = resolve_workers(
         cfg.get("num_workers", 0))
     progress = progress_bars(cfg.get("progress", "auto"))
-
-    def entry(name: str, split: ImageSplit, transform, tcfg, fingerprint: str, view=None,
-              pipeline=None, seed=None) -> np.ndarray:
-        parts = {**common, "split": name, "items": len(split), "split_fingerprint": fingerprint,
-                 "transform": tcfg, "view": view, "pipeline": pipeline,
-                 "aug_seed": None if view is None else AUG_SEED}
-        tag = "eval" if tcfg is eval_cfg else "train"
-        suffix = "" if view is None else f"-p{pipeline}v{view}"
-        path = root / f"{name}-{tag}{suffix}-{cache_key(parts)}.npz"
-        return extract(split, backbone, transform, path, parts, device, batch, workers,
-                       view_seed=seed, progress=progress,
-                       desc=f"{cfg.dataset.name} {name} {tag}{suffix}")
-
+    weights = weights_fingerprint(backbone)
     prints = {name: split_fingerprint(getattr(data, name)) for name in ("train", "query", "database")}
-    query = CachedSplit({"eval": entry("query", data.query, eval_transform, eval_cfg, prints["query"])},
-                        data.query.labels)
-    database = CachedSplit({"eval": entry("database", data.database, eval_transform, eval_cfg,
-                                          prints["database"])}, data.database.labels)
-    train_features: dict[str, np.ndarray] = {}
-    needs_eval = closed_form or float(cfg.get("val_size", 0) or 0) > 0
-    if needs_eval:
-        rows = rows_within(data.train, data.database)
-        train_features["eval"] = (database.features["eval"][rows] if rows is not None else
-                                  entry("train", data.train, eval_transform, eval_cfg, prints["train"]))
-    if not closed_form:
-        if _is_deterministic_transform(train_transform) and views == 1:
-            train_features["train"] = entry("train", data.train, train_transform, train_cfg,
-                                            prints["train"])
-        else:
-            if n_views < views:
-                raise ConfigError(f"feature_cache_views={n_views} cannot give {views} different "
-                                  "views per image: set feature_cache_views >= 2")
-            banks = []
-            for p, pipeline in enumerate(_pipelines(train_transform)):
-                banks.append(np.stack([entry("train", data.train, pipeline, train_cfg,
-                                             prints["train"], view=v, pipeline=p,
-                                             seed=(AUG_SEED + p, v))
-                                       for v in range(n_views)]))
-            train_features["train"] = np.stack(banks)  # (P, V, N, D)
-    train = CachedSplit(train_features, data.train.labels)
 
-    from models.backbone.simple import Identity
+    def compute() -> tuple[CachedSplit, CachedSplit, CachedSplit]:
+        common = {"version": FORMAT_VERSION, "dataset": str(cfg.dataset.name),
+                  "backbone": _plain(cfg.backbone), "weights": weights, "dtype": dtype,
+                  "engine": engine}
 
-    model.backbone = Identity(int(backbone.features_size))
-    model.frozen_backbone = True
-    model.to(device)
+        def entry(name: str, split: ImageSplit, transform, tcfg, fingerprint: str, view=None,
+                  pipeline=None, seed=None) -> np.ndarray:
+            parts = {**common, "split": name, "items": len(split), "split_fingerprint": fingerprint,
+                     "transform": tcfg, "view": view, "pipeline": pipeline,
+                     "aug_seed": None if view is None else AUG_SEED}
+            tag = "eval" if tcfg is eval_cfg else "train"
+            suffix = "" if view is None else f"-p{pipeline}v{view}"
+            path = root / f"{name}-{tag}{suffix}-{cache_key(parts)}.npz"
+            if extractor is None and not path.is_file() and len(split):
+                # a miss: convert now, so a fallback writes nothing under the engine's key (the
+                # example goes through the eval transform, which draws nothing from the RNG)
+                ensure_extractor(_example_batch(split, eval_transform))
+            return extract(split, run, transform, path, parts, device, batch, workers,
+                           view_seed=seed, progress=progress,
+                           desc=f"{cfg.dataset.name} {name} {tag}{suffix}")
+
+        query = CachedSplit({"eval": entry("query", data.query, eval_transform, eval_cfg,
+                                           prints["query"])}, data.query.labels)
+        database = CachedSplit({"eval": entry("database", data.database, eval_transform, eval_cfg,
+                                              prints["database"])}, data.database.labels)
+        train_features: dict[str, np.ndarray] = {}
+        needs_eval = closed_form or float(cfg.get("val_size", 0) or 0) > 0
+        if needs_eval:
+            rows = rows_within(data.train, data.database)
+            train_features["eval"] = (database.features["eval"][rows] if rows is not None else
+                                      entry("train", data.train, eval_transform, eval_cfg,
+                                            prints["train"]))
+        if not closed_form:
+            if _is_deterministic_transform(train_transform) and views == 1:
+                train_features["train"] = entry("train", data.train, train_transform, train_cfg,
+                                                prints["train"])
+            else:
+                if n_views < views:
+                    raise ConfigError(f"feature_cache_views={n_views} cannot give {views} "
+                                      "different views per image: set feature_cache_views >= 2")
+                banks = []
+                for p, pipeline in enumerate(_pipelines(train_transform)):
+                    banks.append(np.stack([entry("train", data.train, pipeline, train_cfg,
+                                                 prints["train"], view=v, pipeline=p,
+                                                 seed=(AUG_SEED + p, v))
+                                           for v in range(n_views)]))
+                train_features["train"] = np.stack(banks)  # (P, V, N, D)
+        return query, database, CachedSplit(train_features, data.train.labels)
+
+    try:
+        query, database, train = compute()
+    except EngineFallback as fallback:  # auto, and the engine could not run this backbone
+        engine = fallback.engine
+        query, database, train = compute()
+
     cached = HashingData(train=train, query=query, database=database,
                          split_indices=data.split_indices)
     train_view = CachedView("eval" if closed_form else "train", views)
-    log.info("feature cache: %s (D=%d), training from %s features", root, backbone.features_size,
-             train_view.kind)
-    return model, cached, train_view, CachedView("eval", 1)
+    log.info("feature cache: %s (D=%d, %s), training from %s features", root,
+             backbone.features_size, engine, train_view.kind)
+    return CachedFeatures(cached, train_view, CachedView("eval", 1), int(backbone.features_size),
+                          engine)
+
+
+class EngineFallback(Exception):
+    """Raised inside apply_feature_cache when ``auto``'s engine fell back to torch on the first
+    missing entry: the entries are then keyed and extracted again as torch's."""
+
+    def __init__(self, engine: str):
+        super().__init__(engine)
+        self.engine = engine

@@ -36,6 +36,10 @@ def compose(overrides: list[str] | None = None, config_name: str = "train"):
     if config_name == "train" and not any(o.startswith("feature_cache=") for o in overrides):
         # method tests drive the live backbone; the cache has its own tests that switch it on
         overrides.append("feature_cache=off")
+    if config_name == "train" and not any(o.startswith("feature_extractor=") for o in overrides):
+        # the cache tests count calls of the eager backbone and compare with it exactly; the
+        # engines have their own tests (tests/utils/test_feature_extractor.py)
+        overrides.append("feature_extractor=torch")
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         return hydra_compose(config_name=config_name, overrides=overrides,
                              return_hydra_config=True)

@@ -76,7 +76,9 @@ def test_killed_mid_epoch_then_in_evaluation_then_in_a_checkpoint_write(tmp_path
 
 @pytest.mark.slow
 def test_killed_during_feature_extraction(tmp_path):
-    args = [*COMMON, "backbone=tiny", "feature_cache=on", "eval_batch_size=64"]
+    # feature_extractor=torch: the kill point counts batches through the eager Tiny backbone
+    args = [*COMMON, "backbone=tiny", "feature_cache=on", "eval_batch_size=64",
+            "feature_extractor=torch"]
     reference, broken = tmp_path / "reference", tmp_path / "broken"
     finished([*args, f"data_dir={tmp_path / 'data_ref'}", f"hydra.run.dir={reference}"], tmp_path)
     # query: 200 items = batches 1-4; database shard 1 (256 items) = batches 5-8; killed in

@@ -86,6 +86,15 @@ class HashModel(nn.Module):
         """(B, ...) images -> (B, K) continuous retrieval codes (call in eval mode)."""
         return self.forward(images).codes
 
+    def use_cached_features(self, features_size: int) -> HashModel:
+        """Replace the frozen backbone by an identity over ``features_size`` inputs: the feature
+        cache (datasets/feature_cache.py) has computed its outputs; the head is unchanged."""
+        from models.backbone.simple import Identity
+
+        self.backbone = Identity(int(features_size))
+        self.frozen_backbone = True
+        return self
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """State to checkpoint: everything but a frozen backbone (rebuilt from its weights)."""
         state = self.state_dict()

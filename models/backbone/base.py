@@ -8,7 +8,8 @@ A backbone is an ``nn.Module`` that maps images to one feature vector per image:
 - ``has_tokens: bool``; token models also implement ``forward_tokens(images) -> (B, P, d)``
   (patch tokens after the final norm, without the CLS token; used by WCH);
 - ``deterministic: bool`` -- in eval mode the output depends only on the input (so features of
-  a frozen backbone may be cached).
+  a frozen backbone may be cached);
+- ``reads_features: bool`` -- the inputs are feature vectors already (``identity``).
 
 Freezing is the engine's job (``requires_grad_(False)`` + ``eval()``).
 """
@@ -34,6 +35,7 @@ class Backbone(nn.Module):
     features_size: int
     has_tokens: bool = False
     deterministic: bool = True
+    reads_features: bool = False
 
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no token sequence (has_tokens=False)")

@@ -17,6 +17,8 @@ class Identity(Backbone):
     the 8x8 digits); an input of another size is a configuration error.
     """
 
+    reads_features = True  # its inputs are feature vectors already (nothing to cache)
+
     def __init__(self, features_size: int):
         super().__init__()
         self.features_size = int(features_size)

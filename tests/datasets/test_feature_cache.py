@@ -285,7 +285,7 @@ def test_shared_cifar10_few_hundred_images(tmp_path_factory, tmp_path, calls):
             return fc.apply_feature_cache(cfg, model, split_data, builders.build_train_transform(cfg),
                                           builders.build_eval_transform(cfg), torch.device("cpu"))
 
-        model, cached, train_t, eval_t = apply(data)
+        cached = apply(data).data
         assert calls["images"] == 50 + 250 + 200  # train eval features = database rows
         assert cached.database.features["eval"].shape == (250, 32)
         live = Tiny(features_size=32).eval()

@@ -38,9 +38,11 @@ def build_trainer(cfg: DictConfig, logdir: str | Path):
 
     threads_setting = cfg.get("threads", "auto")
     torch.set_num_threads(resources.choose_threads(threads_setting, head_only=False)[0])  # extraction
-    model, data, train_transform, eval_transform = apply_feature_cache(
-        cfg, model, data, train_transform, eval_transform, device,
-        closed_form=bool(getattr(trainer_cls, "closed_form", False)))
+    cached = apply_feature_cache(cfg, model, data, train_transform, eval_transform, device,
+                                 closed_form=bool(getattr(trainer_cls, "closed_form", False)))
+    if cached is not None:
+        data, train_transform, eval_transform = cached.data, cached.train_transform, cached.eval_transform
+        model = model.use_cached_features(cached.features_size).to(device)
     from models.backbone.simple import Identity
 
     head_only = model.frozen_backbone and isinstance(model.backbone, Identity)
