@@ -68,6 +68,7 @@ from datasets.base import (
     is_feature_split,
 )
 from datasets.transforms import EvalTransform, NoAugmentation
+from utils import distributed
 from utils.checkpoint import (
     remove_stale_temporaries,
     state_fingerprint,
@@ -212,10 +213,17 @@ def extract(split: ImageSplit, backbone: nn.Module | Callable, transform: Callab
     file lock ``<path>.lock``: the first extracts, the others wait and then load its file. The
     operating system releases the lock when its holder dies, so a crashed extractor blocks no
     one; the next holder resumes from its finished shards.
+
+    Under torchrun every rank calls it for the same entries in the same order: rank 0 takes the
+    lock, each rank extracts every world-th shard, rank 0 merges them (see
+    :func:`_extract_together`).
     """
+    run = TorchExtractor(backbone, device) if isinstance(backbone, nn.Module) else backbone
+    if distributed.active():
+        return _extract_together(split, run, transform, path, parts, batch_size, num_workers,
+                                 view_seed, progress, desc)
     features = load_entry(path, parts)
     if features is None:
-        run = TorchExtractor(backbone, device) if isinstance(backbone, nn.Module) else backbone
         lock = FileLock(str(path) + ".lock")
         try:
             lock.acquire(timeout=0)
@@ -235,21 +243,90 @@ def extract(split: ImageSplit, backbone: nn.Module | Callable, transform: Callab
     return features
 
 
+def _extract_together(split: ImageSplit, run: Callable, transform: Callable, path: Path,
+                      parts: dict, batch_size: int, num_workers: int,
+                      view_seed: tuple[int, int] | None, progress: bool, desc: str) -> np.ndarray:
+    """extract() on the ranks of a torchrun launch: rank 0 holds the entry's file lock (other
+    jobs wait as usual) and decides for all whether the entry is missing; then rank r extracts
+    the shards k with k % world == r into ``<path>.partial/``, rank 0 merges them after a
+    barrier, and every rank loads the merged file after another. A killed launch leaves its
+    finished shards, which the next one skips, whatever its number of processes."""
+    lock = FileLock(str(path) + ".lock") if distributed.is_main() else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        missing = lock is not None and load_entry(path, parts) is None
+        if missing:  # rank 0 alone prepares the folder the ranks then write their shards into
+            _prepare_partial(path, parts)
+        if distributed.broadcast_object(missing):
+            world, rank = distributed.world_size(), distributed.rank()
+            _extract_shards(split, run, transform, path, parts, batch_size, num_workers,
+                            view_seed, progress and rank == 0, desc,
+                            owned=lambda k: k % world == rank, prepare=False)
+            distributed.barrier()
+            if lock is not None:
+                _extract_locked(split, run, transform, path, parts, batch_size, num_workers,
+                                view_seed, False, desc)  # every shard is there: a merge
+    finally:
+        if lock is not None:
+            lock.release()
+    distributed.barrier()
+    features = load_entry(path, parts)
+    if features is None:
+        raise DataError(f"feature cache {path} was not written by rank 0 of this launch: check "
+                        "that every process sees the same file system")
+    return features
+
+
 def _extract_locked(split: ImageSplit, run: Callable, transform: Callable, path: Path,
                     parts: dict, batch_size: int, num_workers: int,
                     view_seed: tuple[int, int] | None, progress: bool, desc: str) -> np.ndarray:
-    """extract() under the entry's lock: resume the shards in ``<path>.partial/``, merge.
+    """extract() under the entry's lock: extract the shards ``<path>.partial/`` lacks, merge.
     ``run``: images ``(B, C, H, W)`` -> features ``(B, D)`` on the CPU."""
     partial = path.with_name(path.name + ".partial")
     n = len(split)
     dtype = DTYPES[parts["dtype"]]
+    shards = [(s, min(s + SHARD, n)) for s in range(0, n, SHARD)]
+    started = time.time()
+    pieces, computed = _extract_shards(split, run, transform, path, parts, batch_size,
+                                       num_workers, view_seed, progress, desc)
+    features = np.concatenate([pieces[a] for a, _ in shards]) if shards else np.zeros((0, 0), dtype)
+    if features.shape[0] != n:
+        raise DataError(f"feature cache {partial} holds {features.shape[0]} rows for {n} items: "
+                        "delete that folder and run again")
+    write_npz(path, features=features, parts=np.array(json.dumps(parts, sort_keys=True, default=str)))
+    shutil.rmtree(partial, ignore_errors=True)
+    if computed:
+        seconds = time.time() - started
+        log.info("feature cache: %d images of %s in %.1f s (%.1f images/s, %s) -> %s", computed,
+                 desc, seconds, computed / max(seconds, 1e-9), parts.get("engine", "torch"), path)
+    return features
+
+def _prepare_partial(path: Path, parts: dict) -> None:
+    """``<path>.partial/`` with its parts.json, without the temporaries of a killed writer."""
+    partial = path.with_name(path.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(partial)
     write_text(partial / "parts.json", json.dumps(parts, sort_keys=True, default=str))
+
+
+def _extract_shards(split: ImageSplit, run: Callable, transform: Callable, path: Path, parts: dict,
+                    batch_size: int, num_workers: int, view_seed: tuple[int, int] | None,
+                    progress: bool, desc: str, owned: Callable[[int], bool] = lambda k: True,
+                    prepare: bool = True) -> tuple[dict[int, np.ndarray | None], int]:
+    """Extract the shards ``k`` (of ``SHARD`` items) with ``owned(k)`` that ``<path>.partial/``
+    lacks, each written to its own file; returns {shard start: features or None (another
+    rank's, not read)} and the number of images computed. ``prepare``: create the folder first
+    (False where rank 0 did it for all ranks)."""
+    partial = path.with_name(path.name + ".partial")
+    n = len(split)
+    dtype = DTYPES[parts["dtype"]]
+    if prepare:
+        _prepare_partial(path, parts)
     shards = [(s, min(s + SHARD, n)) for s in range(0, n, SHARD)]
     pieces = {start: _read_shard(partial / f"{start:09d}.npy", stop - start)
-              for start, stop in shards}
-    started, computed = time.time(), 0
+              if owned(k) else None for k, (start, stop) in enumerate(shards)}
+    computed = 0
     torch_threads = torch.get_num_threads()
     if getattr(run, "own_threads", False):
         # the engine has its own thread pool; torch only decodes and resizes here, per image,
@@ -259,8 +336,8 @@ def _extract_locked(split: ImageSplit, run: Callable, transform: Callable, path:
                unit="img", disable=not progress, smoothing=0.1)
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            for start, stop in shards:
-                if pieces[start] is not None:
+            for k, (start, stop) in enumerate(shards):
+                if pieces[start] is not None or not owned(k):
                     continue
                 loader = DataLoader(_Items(split, transform, start, stop, view_seed),
                                     batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -274,17 +351,7 @@ def _extract_locked(split: ImageSplit, run: Callable, transform: Callable, path:
     finally:
         bar.close()
         torch.set_num_threads(torch_threads)
-    features = np.concatenate([pieces[a] for a, _ in shards]) if shards else np.zeros((0, 0), dtype)
-    if features.shape[0] != n:
-        raise DataError(f"feature cache {partial} holds {features.shape[0]} rows for {n} items: "
-                        "delete that folder and run again")
-    write_npz(path, features=features, parts=np.array(json.dumps(parts, sort_keys=True, default=str)))
-    shutil.rmtree(partial, ignore_errors=True)
-    if computed:
-        seconds = time.time() - started
-        log.info("feature cache: %d images of %s in %.1f s (%.1f images/s, %s) -> %s", computed,
-                 desc, seconds, computed / max(seconds, 1e-9), parts.get("engine", "torch"), path)
-    return features
+    return pieces, computed
 
 
 # ---------------------------------------------------------------------------- cached splits

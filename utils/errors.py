@@ -87,10 +87,11 @@ def exit_on_user_error(function: Callable[P, R],
             user_error = user_error_in(error)
             if user_error is None:
                 raise
-            from utils.distributed import is_main
+            from utils.distributed import rank
 
-            if is_main():  # torchrun: every rank fails alike, one of them says why
-                print(f"error: {user_error}", file=sys.stderr)
+            # torchrun: rank 0 says it; another rank says it too, named, in case it alone failed
+            print(("" if rank() == 0 else f"rank {rank()}: ") + f"error: {user_error}",
+                  file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             if interrupted is None:

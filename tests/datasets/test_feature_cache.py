@@ -446,3 +446,36 @@ def test_a_crashed_extractor_does_not_block_the_next(tmp_path):
     out, err = follower.communicate(timeout=300)  # would hang if the lock outlived its holder
     assert follower.returncode == 0, err[-2000:]
     assert json.loads(out.strip().splitlines()[-1])["images"] == (1597 - 256) + 200
+
+
+def test_a_rank_extracts_only_its_own_shards_and_rank_0_merges_them(tmp_path, monkeypatch):
+    """torchrun's sharded extraction, one rank at a time: rank 1 of 2 computes the odd shards,
+    rank 0 the even ones, and the merge of the two equals a one-process extraction."""
+    monkeypatch.setattr(fc, "SHARD", 100)
+    from datasets.base import ArrayImageSplit
+
+    pixels = np.random.RandomState(0).randint(0, 256, (450, 4, 4)).astype(np.uint8)
+    split = ArrayImageSplit(pixels, np.zeros(450, np.int64))
+    seen: list[int] = []
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch.shape[0])
+        return batch.flatten(1) * 2
+
+    def transform(image):
+        return torch.tensor(np.array(image), dtype=torch.float32)[None] / 255
+
+    parts = {"dtype": "float32", "split": "x"}
+    path = tmp_path / "x.npz"
+    pieces, computed = fc._extract_shards(split, run, transform, path, parts, 64, 0, None, False,
+                                          "x", owned=lambda k: k % 2 == 1)
+    assert computed == 100 + 100 and sorted(k for k, v in pieces.items() if v is not None) == [100, 300]
+    pieces, computed = fc._extract_shards(split, run, transform, path, parts, 64, 0, None, False,
+                                          "x", owned=lambda k: k % 2 == 0)
+    assert computed == 100 + 100 + 50
+    seen.clear()
+    merged = fc._extract_locked(split, run, transform, path, parts, 64, 0, None, False, "x")
+    assert seen == []  # every shard was there: only a merge
+    expected = np.stack([transform(split.load(i)).flatten() * 2 for i in range(450)])
+    np.testing.assert_array_equal(merged, expected)
+    assert not path.with_name("x.npz.partial").exists()
