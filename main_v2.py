@@ -22,7 +22,9 @@ from utils.errors import exit_on_user_error
 # they need the project on their import path, whatever folder they start in.
 _ROOT = str(Path(__file__).resolve().parent)
 if _ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p
+    )
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 

@@ -87,7 +87,9 @@ class ArrayImageSplit(ImageSplit):
     def __init__(self, images: np.ndarray, labels: np.ndarray, index: np.ndarray | None = None):
         super().__init__(labels)
         if images.dtype != np.uint8 or images.ndim not in (3, 4):
-            raise ValueError(f"images must be uint8 (M,H,W) or (M,H,W,3), got {images.dtype} {images.shape}")
+            raise ValueError(
+                f"images must be uint8 (M,H,W) or (M,H,W,3), got {images.dtype} {images.shape}"
+            )
         self.images = images
         self.index = np.arange(len(images)) if index is None else np.asarray(index, dtype=np.int64)
         if len(self.index) != len(self.labels):
@@ -114,7 +116,9 @@ class FileImageSplit(ImageSplit):
         super().__init__(labels)
         # A numpy string array (not a list of str objects) so DataLoader workers do not
         # copy the pages through reference counting.
-        self.paths = np.asarray([str(p) for p in paths]) if len(paths) else np.asarray([], dtype=str)
+        self.paths = (
+            np.asarray([str(p) for p in paths]) if len(paths) else np.asarray([], dtype=str)
+        )
         if len(self.paths) != len(self.labels):
             raise ValueError("paths and labels must have the same length")
         self.mode = mode
@@ -147,7 +151,9 @@ class FeatureSplit(ImageSplit):
         super().__init__(labels)
         self.features = np.asarray(features, dtype=np.float32)
         if self.features.ndim != 2 or len(self.features) != len(self.labels):
-            raise ValueError(f"features must be (N, D) with N = {len(self.labels)}, got {self.features.shape}")
+            raise ValueError(
+                f"features must be (N, D) with N = {len(self.labels)}, got {self.features.shape}"
+            )
 
     @property
     def dim(self) -> int:
@@ -257,7 +263,9 @@ def split_validation(train_split, val_size: float | int, seed: int):
     if count <= 0:
         return None
     if count >= n:
-        raise ConfigError(f"val_size={val_size} leaves no validation database out of {n} "
-                          "training items: use a smaller val_size")
+        raise ConfigError(
+            f"val_size={val_size} leaves no validation database out of {n} "
+            "training items: use a smaller val_size"
+        )
     order = np.random.RandomState(seed % 2**32).permutation(n)
     return train_split.subset(np.sort(order[:count])), train_split.subset(np.sort(order[count:]))

@@ -27,7 +27,18 @@ from utils.errors import ConfigError, DataError, UserError
 
 log = logging.getLogger(__name__)
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 # Named protocols, and the reference's numeric `ep` values as aliases (methods.md §5.2).
 # Sizes are query / database / train for CIFAR-10.
@@ -39,9 +50,27 @@ PROTOCOLS = {
     "official_5k": "query = official test, database = official train, train = 500 random per class from the database (10,000 / 50,000 / 5,000)",
     "official": "query = official test, database = official train = train (10,000 / 50,000 / 50,000)",
 }
-PROTOCOL_ALIASES = {1: "standard", 11: "disjoint", 2: "q10k", 3: "q10k_train_all", 4: "official_5k", 5: "official"}
+PROTOCOL_ALIASES = {
+    1: "standard",
+    11: "disjoint",
+    2: "q10k",
+    3: "q10k_train_all",
+    4: "official_5k",
+    5: "official",
+}
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_EXTENSIONS = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".ppm",
+    ".pgm",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+}
 
 
 def resolve_protocol(protocol) -> str:
@@ -57,7 +86,9 @@ def resolve_protocol(protocol) -> str:
     raise ConfigError(f"Unknown CIFAR-10 protocol {protocol!r}: use one of {valid}.")
 
 
-def cifar_protocol_split(labels, is_official_train, protocol="standard", split_seed: int = 42) -> dict[str, np.ndarray]:
+def cifar_protocol_split(
+    labels, is_official_train, protocol="standard", split_seed: int = 42
+) -> dict[str, np.ndarray]:
     """Split a CIFAR pool into train / query / database indices by a named protocol.
 
     Per-class shuffle: for each class c = 0..nclass-1 in order, the pool indices of class c
@@ -108,7 +139,11 @@ def cifar_protocol_split(labels, is_official_train, protocol="standard", split_s
             # Deviation: the reference drew these 500 with torch.randperm; we use the split RNG.
             train = database[rng.permutation(len(database))[:n_train]]
         elif name == "disjoint":
-            query, train, database = idx[:n_query], idx[n_query:n_query + n_train], idx[n_query + n_train:]
+            query, train, database = (
+                idx[:n_query],
+                idx[n_query : n_query + n_train],
+                idx[n_query + n_train :],
+            )
         else:
             query, database = idx[:n_query], idx[n_query:]
             train = database if name == "q10k_train_all" else database[:n_train]
@@ -125,14 +160,19 @@ def cifar_protocol_split(labels, is_official_train, protocol="standard", split_s
 def has_image_folders(root) -> bool:
     """True when ``root/train/<class>/`` and ``root/test/<class>/`` folders exist."""
     root = Path(root)
-    return all((root / part).is_dir() and any(p.is_dir() for p in (root / part).iterdir()) for part in ("train", "test"))
+    return all(
+        (root / part).is_dir() and any(p.is_dir() for p in (root / part).iterdir())
+        for part in ("train", "test")
+    )
 
 
 def _image_files(folder: Path) -> list[str]:
     return sorted(
         entry.path
         for entry in os.scandir(folder)
-        if entry.is_file() and not entry.name.startswith(".") and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
+        if entry.is_file()
+        and not entry.name.startswith(".")
+        and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
     )
 
 
@@ -159,11 +199,15 @@ def read_image_folder_pool(root) -> tuple[FileImageSplit, np.ndarray, list[str]]
             labels += [c] * len(files)
             is_train += [part == "train"] * len(files)
     if not paths:
-        raise DataError(f"No image files found under {root}/train/<class>/ and {root}/test/<class>/: add the images or fix data_dir.")
+        raise DataError(
+            f"No image files found under {root}/train/<class>/ and {root}/test/<class>/: add the images or fix data_dir."
+        )
     return FileImageSplit(paths, np.asarray(labels, dtype=np.int64)), np.asarray(is_train), classes
 
 
-def read_python_batches_pool(root, download: bool = True) -> tuple[ArrayImageSplit, np.ndarray, list[str]]:
+def read_python_batches_pool(
+    root, download: bool = True
+) -> tuple[ArrayImageSplit, np.ndarray, list[str]]:
     """Read the official python batches from ``root`` (downloading them if allowed).
 
     Returns:
@@ -183,7 +227,9 @@ def read_python_batches_pool(root, download: bool = True) -> tuple[ArrayImageSpl
             continue
         except RuntimeError:  # not there (or corrupted): download if allowed
             if not download:
-                raise DataError(f"CIFAR-10 not found under {root} and download is off: {hint}.") from None
+                raise DataError(
+                    f"CIFAR-10 not found under {root} and download is off: {hint}."
+                ) from None
         try:
             parts.append(CIFAR10(str(root), train=train, download=True))
         except Exception as err:  # network, disk or archive errors all mean the same to the user
@@ -192,7 +238,9 @@ def read_python_batches_pool(root, download: bool = True) -> tuple[ArrayImageSpl
                 f"({type(err).__name__}: {err}): {hint}."
             ) from err
     images = np.concatenate([parts[0].data, parts[1].data])
-    labels = np.concatenate([np.asarray(parts[0].targets), np.asarray(parts[1].targets)]).astype(np.int64)
+    labels = np.concatenate([np.asarray(parts[0].targets), np.asarray(parts[1].targets)]).astype(
+        np.int64
+    )
     is_train = np.arange(len(labels)) < len(parts[0].data)
     return ArrayImageSplit(images, labels), is_train, list(parts[0].classes)
 
@@ -226,7 +274,9 @@ def _save_split(path: Path, split: dict[str, np.ndarray], digest: str) -> None:
         log.info("split cache not written: %s", error)
 
 
-def cifar10_splits(root, protocol="standard", split_seed: int = 42, download: bool = True) -> HashingData:
+def cifar10_splits(
+    root, protocol="standard", split_seed: int = 42, download: bool = True
+) -> HashingData:
     """CIFAR-10 train / query / database splits by a named protocol (methods.md §5.2).
 
     Args:
@@ -247,7 +297,9 @@ def cifar10_splits(root, protocol="standard", split_seed: int = 42, download: bo
     else:
         pool, is_train, classes = read_python_batches_pool(root, download=download)
     if len(classes) != 10:
-        raise DataError(f"{root} holds {len(classes)} classes, CIFAR-10 needs 10: point root at a CIFAR-10 copy.")
+        raise DataError(
+            f"{root} holds {len(classes)} classes, CIFAR-10 needs 10: point root at a CIFAR-10 copy."
+        )
 
     digest = _pool_digest(pool.labels, is_train)
     cache = root / "splits" / f"{name}_{split_seed}.npz"
@@ -262,4 +314,3 @@ def cifar10_splits(root, protocol="standard", split_seed: int = 42, download: bo
         split_indices=split,
         classes=list(classes),
     )
-

@@ -21,7 +21,9 @@ def load_digits_pool() -> tuple[np.ndarray, np.ndarray]:
     return images, bunch.target.astype(np.int64)
 
 
-def digits_splits(queries_per_class: int = 20, train="database", split_seed: int = 42) -> HashingData:
+def digits_splits(
+    queries_per_class: int = 20, train="database", split_seed: int = 42
+) -> HashingData:
     """Query / database / train splits of the 8x8 digits (protocol "standard" of CIFAR-10, scaled down).
 
     Protocol: for each class c = 0..9 in order, the pool indices of class c (ascending) are
@@ -46,7 +48,9 @@ def digits_splits(queries_per_class: int = 20, train="database", split_seed: int
             f"digits queries_per_class={queries_per_class} is invalid: "
             f"use an integer between 1 and {counts.min() - 1} (the smallest class has {counts.min()} images)."
         )
-    if train != "database" and not (isinstance(train, int) and 0 < train <= counts.min() - queries_per_class):
+    if train != "database" and not (
+        isinstance(train, int) and 0 < train <= counts.min() - queries_per_class
+    ):
         raise ConfigError(
             f"digits train={train!r} is invalid: use 'database' or a number of training images per "
             f"class between 1 and {counts.min() - queries_per_class}."
@@ -60,7 +64,7 @@ def digits_splits(queries_per_class: int = 20, train="database", split_seed: int
         query.append(idx[:queries_per_class])
         database.append(idx[queries_per_class:])
         if train != "database":
-            train_idx.append(idx[queries_per_class:queries_per_class + train])
+            train_idx.append(idx[queries_per_class : queries_per_class + train])
     split = {"query": np.concatenate(query), "database": np.concatenate(database)}
     split["train"] = split["database"] if train == "database" else np.concatenate(train_idx)
 

@@ -84,8 +84,8 @@ from utils.resources import resolve_workers
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-SHARD = 4096          # items per resumable shard
-AUG_SEED = 20240601   # base seed of the augmented-view banks (fixed: banks are shared by all runs)
+SHARD = 4096  # items per resumable shard
+AUG_SEED = 20240601  # base seed of the augmented-view banks (fixed: banks are shared by all runs)
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
@@ -129,8 +129,10 @@ def split_fingerprint(split: ImageSplit) -> str:
     elif isinstance(split, FeatureSplit):
         h.update(_array_hash(split.features).encode())
     else:
-        raise ConfigError(f"feature_cache cannot fingerprint a {type(split).__name__} split: "
-                          "set feature_cache=off")
+        raise ConfigError(
+            f"feature_cache cannot fingerprint a {type(split).__name__} split: "
+            "set feature_cache=off"
+        )
     return h.hexdigest()
 
 
@@ -155,8 +157,12 @@ def load_entry(path: Path, parts: dict) -> np.ndarray | None:
                 return None
             features = stored["features"]
     except Exception as error:  # truncated / unreadable: a cache is derived data, recompute it
-        log.warning("feature cache file %s is damaged (%s: %s): recomputing it", path,
-                    error.__class__.__name__, error)
+        log.warning(
+            "feature cache file %s is damaged (%s: %s): recomputing it",
+            path,
+            error.__class__.__name__,
+            error,
+        )
         return None
     if features.shape[0] != parts["items"]:
         return None
@@ -182,9 +188,21 @@ class _Items(Dataset):
     """Items ``[start, stop)`` of a split through ``transform``; with ``seed`` set, torch's RNG is
     seeded from (seed, view, i) before transforming item i (reproducible augmented views)."""
 
-    def __init__(self, split: ImageSplit, transform: Callable, start: int, stop: int,
-                 seed: tuple[int, int] | None):
-        self.split, self.transform, self.start, self.stop, self.seed = split, transform, start, stop, seed
+    def __init__(
+        self,
+        split: ImageSplit,
+        transform: Callable,
+        start: int,
+        stop: int,
+        seed: tuple[int, int] | None,
+    ):
+        self.split, self.transform, self.start, self.stop, self.seed = (
+            split,
+            transform,
+            start,
+            stop,
+            seed,
+        )
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -200,10 +218,19 @@ class _Items(Dataset):
         return self.transform(self.split.load(i))
 
 
-def extract(split: ImageSplit, backbone: nn.Module | Callable, transform: Callable, path: Path,
-            parts: dict, device: torch.device, batch_size: int = 128, num_workers: int = 0,
-            view_seed: tuple[int, int] | None = None, progress: bool = True,
-            desc: str = "features") -> np.ndarray:
+def extract(
+    split: ImageSplit,
+    backbone: nn.Module | Callable,
+    transform: Callable,
+    path: Path,
+    parts: dict,
+    device: torch.device,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    view_seed: tuple[int, int] | None = None,
+    progress: bool = True,
+    desc: str = "features",
+) -> np.ndarray:
     """Features ``(N, D)`` of ``split`` through ``transform`` and ``backbone`` (an ``nn.Module``,
     run eagerly in eval mode without grad, or an extractor of ``utils/feature_extractor.py``:
     images ``(B, C, H, W)`` -> ``(B, D)`` CPU tensor), stored at ``path`` (see the module
@@ -220,8 +247,9 @@ def extract(split: ImageSplit, backbone: nn.Module | Callable, transform: Callab
     """
     run = TorchExtractor(backbone, device) if isinstance(backbone, nn.Module) else backbone
     if distributed.active():
-        return _extract_together(split, run, transform, path, parts, batch_size, num_workers,
-                                 view_seed, progress, desc)
+        return _extract_together(
+            split, run, transform, path, parts, batch_size, num_workers, view_seed, progress, desc
+        )
     features = load_entry(path, parts)
     if features is None:
         lock = FileLock(str(path) + ".lock")
@@ -233,8 +261,18 @@ def extract(split: ImageSplit, backbone: nn.Module | Callable, transform: Callab
         try:
             features = load_entry(path, parts)  # finished by the process we waited for
             if features is None:
-                return _extract_locked(split, run, transform, path, parts, batch_size,
-                                       num_workers, view_seed, progress, desc)
+                return _extract_locked(
+                    split,
+                    run,
+                    transform,
+                    path,
+                    parts,
+                    batch_size,
+                    num_workers,
+                    view_seed,
+                    progress,
+                    desc,
+                )
         finally:
             lock.release()
     partial = path.with_name(path.name + ".partial")
@@ -243,9 +281,18 @@ def extract(split: ImageSplit, backbone: nn.Module | Callable, transform: Callab
     return features
 
 
-def _extract_together(split: ImageSplit, run: Callable, transform: Callable, path: Path,
-                      parts: dict, batch_size: int, num_workers: int,
-                      view_seed: tuple[int, int] | None, progress: bool, desc: str) -> np.ndarray:
+def _extract_together(
+    split: ImageSplit,
+    run: Callable,
+    transform: Callable,
+    path: Path,
+    parts: dict,
+    batch_size: int,
+    num_workers: int,
+    view_seed: tuple[int, int] | None,
+    progress: bool,
+    desc: str,
+) -> np.ndarray:
     """extract() on the ranks of a torchrun launch: rank 0 holds the entry's file lock (other
     jobs wait as usual) and decides for all whether the entry is missing; then rank r extracts
     the shards k with k % world == r into ``<path>.partial/``, rank 0 merges them after a
@@ -260,27 +307,59 @@ def _extract_together(split: ImageSplit, run: Callable, transform: Callable, pat
             _prepare_partial(path, parts)
         if distributed.broadcast_object(missing):
             world, rank = distributed.world_size(), distributed.rank()
-            _extract_shards(split, run, transform, path, parts, batch_size, num_workers,
-                            view_seed, progress and rank == 0, desc,
-                            owned=lambda k: k % world == rank, prepare=False)
+            _extract_shards(
+                split,
+                run,
+                transform,
+                path,
+                parts,
+                batch_size,
+                num_workers,
+                view_seed,
+                progress and rank == 0,
+                desc,
+                owned=lambda k: k % world == rank,
+                prepare=False,
+            )
             distributed.barrier()
             if lock is not None:
-                _extract_locked(split, run, transform, path, parts, batch_size, num_workers,
-                                view_seed, False, desc)  # every shard is there: a merge
+                _extract_locked(
+                    split,
+                    run,
+                    transform,
+                    path,
+                    parts,
+                    batch_size,
+                    num_workers,
+                    view_seed,
+                    False,
+                    desc,
+                )  # every shard is there: a merge
     finally:
         if lock is not None:
             lock.release()
     distributed.barrier()
     features = load_entry(path, parts)
     if features is None:
-        raise DataError(f"feature cache {path} was not written by rank 0 of this launch: check "
-                        "that every process sees the same file system")
+        raise DataError(
+            f"feature cache {path} was not written by rank 0 of this launch: check "
+            "that every process sees the same file system"
+        )
     return features
 
 
-def _extract_locked(split: ImageSplit, run: Callable, transform: Callable, path: Path,
-                    parts: dict, batch_size: int, num_workers: int,
-                    view_seed: tuple[int, int] | None, progress: bool, desc: str) -> np.ndarray:
+def _extract_locked(
+    split: ImageSplit,
+    run: Callable,
+    transform: Callable,
+    path: Path,
+    parts: dict,
+    batch_size: int,
+    num_workers: int,
+    view_seed: tuple[int, int] | None,
+    progress: bool,
+    desc: str,
+) -> np.ndarray:
     """extract() under the entry's lock: extract the shards ``<path>.partial/`` lacks, merge.
     ``run``: images ``(B, C, H, W)`` -> features ``(B, D)`` on the CPU."""
     partial = path.with_name(path.name + ".partial")
@@ -288,19 +367,32 @@ def _extract_locked(split: ImageSplit, run: Callable, transform: Callable, path:
     dtype = DTYPES[parts["dtype"]]
     shards = [(s, min(s + SHARD, n)) for s in range(0, n, SHARD)]
     started = time.time()
-    pieces, computed = _extract_shards(split, run, transform, path, parts, batch_size,
-                                       num_workers, view_seed, progress, desc)
+    pieces, computed = _extract_shards(
+        split, run, transform, path, parts, batch_size, num_workers, view_seed, progress, desc
+    )
     features = np.concatenate([pieces[a] for a, _ in shards]) if shards else np.zeros((0, 0), dtype)
     if features.shape[0] != n:
-        raise DataError(f"feature cache {partial} holds {features.shape[0]} rows for {n} items: "
-                        "delete that folder and run again")
-    write_npz(path, features=features, parts=np.array(json.dumps(parts, sort_keys=True, default=str)))
+        raise DataError(
+            f"feature cache {partial} holds {features.shape[0]} rows for {n} items: "
+            "delete that folder and run again"
+        )
+    write_npz(
+        path, features=features, parts=np.array(json.dumps(parts, sort_keys=True, default=str))
+    )
     shutil.rmtree(partial, ignore_errors=True)
     if computed:
         seconds = time.time() - started
-        log.info("feature cache: %d images of %s in %.1f s (%.1f images/s, %s) -> %s", computed,
-                 desc, seconds, computed / max(seconds, 1e-9), parts.get("engine", "torch"), path)
+        log.info(
+            "feature cache: %d images of %s in %.1f s (%.1f images/s, %s) -> %s",
+            computed,
+            desc,
+            seconds,
+            computed / max(seconds, 1e-9),
+            parts.get("engine", "torch"),
+            path,
+        )
     return features
+
 
 def _prepare_partial(path: Path, parts: dict) -> None:
     """``<path>.partial/`` with its parts.json, without the temporaries of a killed writer."""
@@ -310,10 +402,20 @@ def _prepare_partial(path: Path, parts: dict) -> None:
     write_text(partial / "parts.json", json.dumps(parts, sort_keys=True, default=str))
 
 
-def _extract_shards(split: ImageSplit, run: Callable, transform: Callable, path: Path, parts: dict,
-                    batch_size: int, num_workers: int, view_seed: tuple[int, int] | None,
-                    progress: bool, desc: str, owned: Callable[[int], bool] = lambda k: True,
-                    prepare: bool = True) -> tuple[dict[int, np.ndarray | None], int]:
+def _extract_shards(
+    split: ImageSplit,
+    run: Callable,
+    transform: Callable,
+    path: Path,
+    parts: dict,
+    batch_size: int,
+    num_workers: int,
+    view_seed: tuple[int, int] | None,
+    progress: bool,
+    desc: str,
+    owned: Callable[[int], bool] = lambda k: True,
+    prepare: bool = True,
+) -> tuple[dict[int, np.ndarray | None], int]:
     """Extract the shards ``k`` (of ``SHARD`` items) with ``owned(k)`` that ``<path>.partial/``
     lacks, each written to its own file; returns {shard start: features or None (another
     rank's, not read)} and the number of images computed. ``prepare``: create the folder first
@@ -324,23 +426,35 @@ def _extract_shards(split: ImageSplit, run: Callable, transform: Callable, path:
     if prepare:
         _prepare_partial(path, parts)
     shards = [(s, min(s + SHARD, n)) for s in range(0, n, SHARD)]
-    pieces = {start: _read_shard(partial / f"{start:09d}.npy", stop - start)
-              if owned(k) else None for k, (start, stop) in enumerate(shards)}
+    pieces = {
+        start: _read_shard(partial / f"{start:09d}.npy", stop - start) if owned(k) else None
+        for k, (start, stop) in enumerate(shards)
+    }
     computed = 0
     torch_threads = torch.get_num_threads()
     if getattr(run, "own_threads", False):
         # the engine has its own thread pool; torch only decodes and resizes here, per image,
         # which beside busy processes is 16x slower with 2 threads than with 1 (docs/extraction.md)
         torch.set_num_threads(1)
-    bar = tqdm(total=n, initial=sum(len(p) for p in pieces.values() if p is not None), desc=desc,
-               unit="img", disable=not progress, smoothing=0.1)
+    bar = tqdm(
+        total=n,
+        initial=sum(len(p) for p in pieces.values() if p is not None),
+        desc=desc,
+        unit="img",
+        disable=not progress,
+        smoothing=0.1,
+    )
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             for k, (start, stop) in enumerate(shards):
                 if pieces[start] is not None or not owned(k):
                     continue
-                loader = DataLoader(_Items(split, transform, start, stop, view_seed),
-                                    batch_size=batch_size, shuffle=False, num_workers=num_workers)
+                loader = DataLoader(
+                    _Items(split, transform, start, stop, view_seed),
+                    batch_size=batch_size,
+                    shuffle=False,
+                    num_workers=num_workers,
+                )
                 chunk = []
                 for images in loader:
                     chunk.append(run(images).float().cpu().numpy().astype(dtype))
@@ -368,17 +482,23 @@ class CachedSplit(ImageSplit):
         self.features = features
         for kind, array in features.items():
             if array.shape[-2] != len(self.labels):
-                raise ValueError(f"cached {kind} features hold {array.shape[-2]} rows for "
-                                 f"{len(self.labels)} labels")
+                raise ValueError(
+                    f"cached {kind} features hold {array.shape[-2]} rows for "
+                    f"{len(self.labels)} labels"
+                )
 
     def load(self, i: int) -> dict[str, torch.Tensor]:
-        return {kind: torch.from_numpy(np.asarray(array[..., i, :], dtype=np.float32))
-                for kind, array in self.features.items()}
+        return {
+            kind: torch.from_numpy(np.asarray(array[..., i, :], dtype=np.float32))
+            for kind, array in self.features.items()
+        }
 
     def subset(self, indices) -> CachedSplit:
         indices = np.asarray(indices, dtype=np.int64)
-        return CachedSplit({k: np.take(a, indices, axis=-2) for k, a in self.features.items()},
-                           self.labels[indices])
+        return CachedSplit(
+            {k: np.take(a, indices, axis=-2) for k, a in self.features.items()},
+            self.labels[indices],
+        )
 
 
 class CachedView:
@@ -412,8 +532,9 @@ class CachedView:
 
 # ---------------------------------------------------------------------------- engine hook
 def _is_deterministic_transform(transform) -> bool:
-    return bool(getattr(transform, "deterministic",
-                        isinstance(transform, (NoAugmentation, EvalTransform))))
+    return bool(
+        getattr(transform, "deterministic", isinstance(transform, (NoAugmentation, EvalTransform)))
+    )
 
 
 def _pipelines(transform) -> list[Callable]:
@@ -422,8 +543,10 @@ def _pipelines(transform) -> list[Callable]:
         return [transform]
     first, second = getattr(transform, "first", None), getattr(transform, "second", None)
     if first is None or second is None:
-        raise ConfigError(f"feature_cache cannot split the two-view transform {transform!r} into "
-                          "its pipelines: set feature_cache=off")
+        raise ConfigError(
+            f"feature_cache cannot split the two-view transform {transform!r} into "
+            "its pipelines: set feature_cache=off"
+        )
     return [first] if first is second else [first, second]
 
 
@@ -436,9 +559,14 @@ def why_not_applicable(cfg: DictConfig, model, data: HashingData) -> str | None:
         return f"the backbone {cfg.backbone._target_} is not deterministic in eval mode"
     if model.head.input_kind != "features":
         return f"model={cfg.model.name} reads {model.head.input_kind}, not one feature vector per image"
-    if getattr(backbone, "reads_features", False) or isinstance(backbone, nn.Identity) or any(
+    if (
+        getattr(backbone, "reads_features", False)
+        or isinstance(backbone, nn.Identity)
+        or any(
             is_feature_split(s) or isinstance(s, CachedSplit)
-            for s in (data.train, data.query, data.database)):
+            for s in (data.train, data.query, data.database)
+        )
+    ):
         return "the dataset already yields feature vectors (nothing to cache)"
     return None
 
@@ -450,8 +578,11 @@ def rows_within(sub: ImageSplit, sup: ImageSplit) -> np.ndarray | None:
     if isinstance(sub, FileImageSplit) and isinstance(sup, FileImageSplit) and sub.mode == sup.mode:
         lookup = {str(p): i for i, p in enumerate(sup.paths)}
         keys: list = [str(p) for p in sub.paths]
-    elif (isinstance(sub, ArrayImageSplit) and isinstance(sup, ArrayImageSplit)
-          and sub.images is sup.images):
+    elif (
+        isinstance(sub, ArrayImageSplit)
+        and isinstance(sup, ArrayImageSplit)
+        and sub.images is sup.images
+    ):
         lookup = {int(j): i for i, j in enumerate(sup.index)}
         keys = [int(j) for j in sub.index]
     else:
@@ -491,9 +622,15 @@ def _example_batch(split: ImageSplit, transform, count: int = 2) -> torch.Tensor
     return torch.stack([transform(split.load(i)) for i in range(min(count, len(split)))])
 
 
-def apply_feature_cache(cfg: DictConfig, model, data: HashingData, train_transform,
-                        eval_transform, device: torch.device,
-                        closed_form: bool = False) -> CachedFeatures | None:
+def apply_feature_cache(
+    cfg: DictConfig,
+    model,
+    data: HashingData,
+    train_transform,
+    eval_transform,
+    device: torch.device,
+    closed_form: bool = False,
+) -> CachedFeatures | None:
     """Compute (or load) the frozen backbone's features when ``cfg.feature_cache`` allows it.
 
     Returns None when the cache does not apply (``auto``, ``off``), else :class:`CachedFeatures`:
@@ -513,7 +650,9 @@ def apply_feature_cache(cfg: DictConfig, model, data: HashingData, train_transfo
     reason = why_not_applicable(cfg, model, data)
     if reason is not None:
         if mode != "auto":
-            raise ConfigError(f"feature_cache=on cannot apply: {reason} (or set feature_cache=auto)")
+            raise ConfigError(
+                f"feature_cache=on cannot apply: {reason} (or set feature_cache=auto)"
+            )
         log.info("feature cache not used: %s", reason)
         return None
 
@@ -542,26 +681,51 @@ def apply_feature_cache(cfg: DictConfig, model, data: HashingData, train_transfo
 
     root = cache_dir_of(cfg) / str(cfg.dataset.name)
     root.mkdir(parents=True, exist_ok=True)
-    eval_cfg = {"_target_": "datasets.transforms.eval_transform", "resize": cfg.dataset.resize,
-                "crop": cfg.dataset.crop, "interpolation": "bicubic"}
+    eval_cfg = {
+        "_target_": "datasets.transforms.eval_transform",
+        "resize": cfg.dataset.resize,
+        "crop": cfg.dataset.crop,
+        "interpolation": "bicubic",
+    }
     train_cfg = _plain(cfg.transforms)
     batch = int(cfg.get("eval_batch_size") or cfg.batch_size)
-    workers = resolve_workers(
-        cfg.get("num_workers", 0))
+    workers = resolve_workers(cfg.get("num_workers", 0))
     progress = progress_bars(cfg.get("progress", "auto"))
     weights = weights_fingerprint(backbone)
-    prints = {name: split_fingerprint(getattr(data, name)) for name in ("train", "query", "database")}
+    prints = {
+        name: split_fingerprint(getattr(data, name)) for name in ("train", "query", "database")
+    }
 
     def compute() -> tuple[CachedSplit, CachedSplit, CachedSplit]:
-        common = {"version": FORMAT_VERSION, "dataset": str(cfg.dataset.name),
-                  "backbone": _plain(cfg.backbone), "weights": weights, "dtype": dtype,
-                  "engine": engine}
+        common = {
+            "version": FORMAT_VERSION,
+            "dataset": str(cfg.dataset.name),
+            "backbone": _plain(cfg.backbone),
+            "weights": weights,
+            "dtype": dtype,
+            "engine": engine,
+        }
 
-        def entry(name: str, split: ImageSplit, transform, tcfg, fingerprint: str, view=None,
-                  pipeline=None, seed=None) -> np.ndarray:
-            parts = {**common, "split": name, "items": len(split), "split_fingerprint": fingerprint,
-                     "transform": tcfg, "view": view, "pipeline": pipeline,
-                     "aug_seed": None if view is None else AUG_SEED}
+        def entry(
+            name: str,
+            split: ImageSplit,
+            transform,
+            tcfg,
+            fingerprint: str,
+            view=None,
+            pipeline=None,
+            seed=None,
+        ) -> np.ndarray:
+            parts = {
+                **common,
+                "split": name,
+                "items": len(split),
+                "split_fingerprint": fingerprint,
+                "transform": tcfg,
+                "view": view,
+                "pipeline": pipeline,
+                "aug_seed": None if view is None else AUG_SEED,
+            }
             tag = "eval" if tcfg is eval_cfg else "train"
             suffix = "" if view is None else f"-p{pipeline}v{view}"
             path = root / f"{name}-{tag}{suffix}-{cache_key(parts)}.npz"
@@ -569,35 +733,71 @@ def apply_feature_cache(cfg: DictConfig, model, data: HashingData, train_transfo
                 # a miss: convert now, so a fallback writes nothing under the engine's key (the
                 # example goes through the eval transform, which draws nothing from the RNG)
                 ensure_extractor(_example_batch(split, eval_transform))
-            return extract(split, run, transform, path, parts, device, batch, workers,
-                           view_seed=seed, progress=progress,
-                           desc=f"{cfg.dataset.name} {name} {tag}{suffix}")
+            return extract(
+                split,
+                run,
+                transform,
+                path,
+                parts,
+                device,
+                batch,
+                workers,
+                view_seed=seed,
+                progress=progress,
+                desc=f"{cfg.dataset.name} {name} {tag}{suffix}",
+            )
 
-        query = CachedSplit({"eval": entry("query", data.query, eval_transform, eval_cfg,
-                                           prints["query"])}, data.query.labels)
-        database = CachedSplit({"eval": entry("database", data.database, eval_transform, eval_cfg,
-                                              prints["database"])}, data.database.labels)
+        query = CachedSplit(
+            {"eval": entry("query", data.query, eval_transform, eval_cfg, prints["query"])},
+            data.query.labels,
+        )
+        database = CachedSplit(
+            {
+                "eval": entry(
+                    "database", data.database, eval_transform, eval_cfg, prints["database"]
+                )
+            },
+            data.database.labels,
+        )
         train_features: dict[str, np.ndarray] = {}
         needs_eval = closed_form or float(cfg.get("val_size", 0) or 0) > 0
         if needs_eval:
             rows = rows_within(data.train, data.database)
-            train_features["eval"] = (database.features["eval"][rows] if rows is not None else
-                                      entry("train", data.train, eval_transform, eval_cfg,
-                                            prints["train"]))
+            train_features["eval"] = (
+                database.features["eval"][rows]
+                if rows is not None
+                else entry("train", data.train, eval_transform, eval_cfg, prints["train"])
+            )
         if not closed_form:
             if _is_deterministic_transform(train_transform) and views == 1:
-                train_features["train"] = entry("train", data.train, train_transform, train_cfg,
-                                                prints["train"])
+                train_features["train"] = entry(
+                    "train", data.train, train_transform, train_cfg, prints["train"]
+                )
             else:
                 if n_views < views:
-                    raise ConfigError(f"feature_cache_views={n_views} cannot give {views} "
-                                      "different views per image: set feature_cache_views >= 2")
+                    raise ConfigError(
+                        f"feature_cache_views={n_views} cannot give {views} "
+                        "different views per image: set feature_cache_views >= 2"
+                    )
                 banks = []
                 for p, pipeline in enumerate(_pipelines(train_transform)):
-                    banks.append(np.stack([entry("train", data.train, pipeline, train_cfg,
-                                                 prints["train"], view=v, pipeline=p,
-                                                 seed=(AUG_SEED + p, v))
-                                           for v in range(n_views)]))
+                    banks.append(
+                        np.stack(
+                            [
+                                entry(
+                                    "train",
+                                    data.train,
+                                    pipeline,
+                                    train_cfg,
+                                    prints["train"],
+                                    view=v,
+                                    pipeline=p,
+                                    seed=(AUG_SEED + p, v),
+                                )
+                                for v in range(n_views)
+                            ]
+                        )
+                    )
                 train_features["train"] = np.stack(banks)  # (P, V, N, D)
         return query, database, CachedSplit(train_features, data.train.labels)
 
@@ -607,13 +807,20 @@ def apply_feature_cache(cfg: DictConfig, model, data: HashingData, train_transfo
         engine = fallback.engine
         query, database, train = compute()
 
-    cached = HashingData(train=train, query=query, database=database,
-                         split_indices=data.split_indices)
+    cached = HashingData(
+        train=train, query=query, database=database, split_indices=data.split_indices
+    )
     train_view = CachedView("eval" if closed_form else "train", views)
-    log.info("feature cache: %s (D=%d, %s), training from %s features", root,
-             backbone.features_size, engine, train_view.kind)
-    return CachedFeatures(cached, train_view, CachedView("eval", 1), int(backbone.features_size),
-                          engine)
+    log.info(
+        "feature cache: %s (D=%d, %s), training from %s features",
+        root,
+        backbone.features_size,
+        engine,
+        train_view.kind,
+    )
+    return CachedFeatures(
+        cached, train_view, CachedView("eval", 1), int(backbone.features_size), engine
+    )
 
 
 class EngineFallback(Exception):

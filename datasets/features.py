@@ -30,15 +30,21 @@ def feature_splits(path) -> HashingData:
     path = Path(path)
     expected = ", ".join(ARRAYS)
     if not path.is_file():
-        raise DataError(f"Feature file {path} not found: pass dataset.source.path=... pointing at an .npz with arrays {expected}.")
+        raise DataError(
+            f"Feature file {path} not found: pass dataset.source.path=... pointing at an .npz with arrays {expected}."
+        )
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [name for name in ARRAYS if name not in f.files]
             if missing:
-                raise DataError(f"Feature file {path} lacks the arrays {', '.join(missing)}: save all of {expected}.")
+                raise DataError(
+                    f"Feature file {path} lacks the arrays {', '.join(missing)}: save all of {expected}."
+                )
             arrays = {name: f[name] for name in ARRAYS}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise DataError(f"Feature file {path} is not a readable .npz ({type(err).__name__}: {err}): re-create it with numpy.savez.") from err
+        raise DataError(
+            f"Feature file {path} is not a readable .npz ({type(err).__name__}: {err}): re-create it with numpy.savez."
+        ) from err
 
     splits = {}
     for split in SPLITS:
@@ -49,6 +55,11 @@ def feature_splits(path) -> HashingData:
                 "do not match: save features as (N, D) and labels as (N,) or (N, C)."
             )
         splits[split] = FeatureSplit(features, labels)
-    if len({s.dim for s in splits.values()}) > 1 or len({s.labels.shape[1:] for s in splits.values()}) > 1:
-        raise DataError(f"Feature file {path}: the splits differ in feature dimension or label format: save them consistently.")
+    if (
+        len({s.dim for s in splits.values()}) > 1
+        or len({s.labels.shape[1:] for s in splits.values()}) > 1
+    ):
+        raise DataError(
+            f"Feature file {path}: the splits differ in feature dimension or label format: save them consistently."
+        )
     return HashingData(splits["train"], splits["query"], splits["database"], split_indices=None)

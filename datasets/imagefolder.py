@@ -75,12 +75,20 @@ def image_header_problem(path: str) -> str | None:
     try:
         with Image.open(path) as img:
             img.size  # noqa: B018  (parsed from the header)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as err:
         return f"unreadable ({type(err).__name__})"
     return None
 
 
-def scan_class_folders(folder, class_to_idx: dict[str, int] | None = None, check_images: bool = True):
+def scan_class_folders(
+    folder, class_to_idx: dict[str, int] | None = None, check_images: bool = True
+):
     """The image files of ``folder/<class>/...`` with torchvision's class discovery.
 
     Args:
@@ -99,7 +107,9 @@ def scan_class_folders(folder, class_to_idx: dict[str, int] | None = None, check
         try:
             _, class_to_idx = find_classes(folder)
         except FileNotFoundError:
-            raise DataError(f"{folder} has no class sub-folders: lay the images out as {folder}/<class>/<image>.") from None
+            raise DataError(
+                f"{folder} has no class sub-folders: lay the images out as {folder}/<class>/<image>."
+            ) from None
     rejected = []
 
     def keep(path: str) -> bool:
@@ -128,11 +138,24 @@ def warn_rejected(rejected: list[tuple[str, str]], root) -> None:
         return
     shown = "; ".join(f"{os.path.relpath(p, root)} ({why})" for p, why in rejected[:SHOWN_REJECTS])
     more = f"; and {len(rejected) - SHOWN_REJECTS} more" if len(rejected) > SHOWN_REJECTS else ""
-    log.warning("Skipped %d file(s) under %s that are not readable images: %s%s", len(rejected), root, shown, more)
+    log.warning(
+        "Skipped %d file(s) under %s that are not readable images: %s%s",
+        len(rejected),
+        root,
+        shown,
+        more,
+    )
 
 
-def per_class_split(labels, from_test, queries_per_class: int | None, train_per_class: int | None,
-                    disjoint: bool, split_seed: int = 42, class_names=None) -> dict[str, np.ndarray]:
+def per_class_split(
+    labels,
+    from_test,
+    queries_per_class: int | None,
+    train_per_class: int | None,
+    disjoint: bool,
+    split_seed: int = 42,
+    class_names=None,
+) -> dict[str, np.ndarray]:
     """Per-class query / train / database indices of a labelled pool.
 
     For each class c = 0..C-1 in order, the pool indices of class c (ascending) are shuffled with
@@ -178,13 +201,17 @@ def per_class_split(labels, from_test, queries_per_class: int | None, train_per_
         pool = test_part if len(test_part) else idx
         if queries_per_class is None:
             if not len(test_part):
-                raise DataError(f"Class {name(c)!r} has no test images, so queries_per_class=null (all test images) gives it no query: give queries_per_class a number.")
+                raise DataError(
+                    f"Class {name(c)!r} has no test images, so queries_per_class=null (all test images) gives it no query: give queries_per_class a number."
+                )
             n_query = len(test_part)
         else:
             n_query = int(queries_per_class)
         if len(pool) < n_query:
             where = "test images" if len(test_part) else "images"
-            raise DataError(f"Class {name(c)!r} has {len(pool)} {where}, fewer than queries_per_class={n_query}: lower queries_per_class.")
+            raise DataError(
+                f"Class {name(c)!r} has {len(pool)} {where}, fewer than queries_per_class={n_query}: lower queries_per_class."
+            )
         query = pool[:n_query]
         if len(test_part):
             rest = np.concatenate([train_part, test_part[n_query:]])
@@ -201,7 +228,10 @@ def per_class_split(labels, from_test, queries_per_class: int | None, train_per_
         database = rest[n_train:] if disjoint else rest
         for key, part in (("train", train), ("query", query), ("database", database)):
             out[key].append(part)
-    return {key: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64) for key, parts in out.items()}
+    return {
+        key: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        for key, parts in out.items()
+    }
 
 
 def _split_digest(paths, labels, from_test, settings: str) -> str:
@@ -213,9 +243,15 @@ def _split_digest(paths, labels, from_test, settings: str) -> str:
     return h.hexdigest()
 
 
-def image_folder_splits(root, protocol: str = "standard", queries_per_class: int | None = 100,
-                        train_per_class: int | None = 500, split_seed: int = 42,
-                        check_images: bool = True, split_cache=None) -> HashingData:
+def image_folder_splits(
+    root,
+    protocol: str = "standard",
+    queries_per_class: int | None = 100,
+    train_per_class: int | None = 500,
+    split_seed: int = 42,
+    check_images: bool = True,
+    split_cache=None,
+) -> HashingData:
     """Train / query / database splits of ``root/<class>/*`` or ``root/{train,test}/<class>/*``.
 
     Args:
@@ -232,30 +268,55 @@ def image_folder_splits(root, protocol: str = "standard", queries_per_class: int
         (one folder: its files; two folders: train files then test files).
     """
     if protocol not in PROTOCOLS:
-        raise ConfigError(f"Unknown image-folder protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}.")
-    for key, value in (("queries_per_class", queries_per_class), ("train_per_class", train_per_class)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "queries_per_class" else 0)):
-            raise ConfigError(f"{key}={value!r} is invalid: give a positive number of images per class, or null.")
+        raise ConfigError(
+            f"Unknown image-folder protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}."
+        )
+    for key, value in (
+        ("queries_per_class", queries_per_class),
+        ("train_per_class", train_per_class),
+    ):
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < (1 if key == "queries_per_class" else 0)
+        ):
+            raise ConfigError(
+                f"{key}={value!r} is invalid: give a positive number of images per class, or null."
+            )
     if protocol == "disjoint" and train_per_class is None:
-        raise ConfigError("protocol=disjoint with train_per_class=null would leave no database: give train_per_class a number.")
+        raise ConfigError(
+            "protocol=disjoint with train_per_class=null would leave no database: give train_per_class a number."
+        )
     if root is None:
-        raise ConfigError("dataset=imagefolder needs the collection's folder: pass dataset.root=<folder>.")
+        raise ConfigError(
+            "dataset=imagefolder needs the collection's folder: pass dataset.root=<folder>."
+        )
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"Image folder {root} not found: set dataset.root to a folder laid out as <root>/<class>/<image> or <root>/{{train,test}}/<class>/<image>.")
+        raise DataError(
+            f"Image folder {root} not found: set dataset.root to a folder laid out as <root>/<class>/<image> or <root>/{{train,test}}/<class>/<image>."
+        )
     two_folders = (root / "train").is_dir() and (root / "test").is_dir()
     if two_folders:
-        paths, labels, classes, rejected = scan_class_folders(root / "train", check_images=check_images)
+        paths, labels, classes, rejected = scan_class_folders(
+            root / "train", check_images=check_images
+        )
         test_classes = sorted(p.name for p in os.scandir(root / "test") if p.is_dir())
         if test_classes != classes:
             missing = sorted(set(classes) ^ set(test_classes))
-            raise DataError(f"{root}/train and {root}/test hold different classes ({', '.join(missing[:5])} in only one): give both the same class folders.")
-        t_paths, t_labels, _, t_rejected = scan_class_folders(root / "test", {c: i for i, c in enumerate(classes)}, check_images)
+            raise DataError(
+                f"{root}/train and {root}/test hold different classes ({', '.join(missing[:5])} in only one): give both the same class folders."
+            )
+        t_paths, t_labels, _, t_rejected = scan_class_folders(
+            root / "test", {c: i for i, c in enumerate(classes)}, check_images
+        )
         from_test = np.r_[np.zeros(len(paths), bool), np.ones(len(t_paths), bool)]
         paths, labels, rejected = paths + t_paths, np.r_[labels, t_labels], rejected + t_rejected
     else:
         if queries_per_class is None:
-            raise ConfigError(f"queries_per_class=null (the whole test folder) needs {root}/train and {root}/test folders: give a number of queries per class.")
+            raise ConfigError(
+                f"queries_per_class=null (the whole test folder) needs {root}/train and {root}/test folders: give a number of queries per class."
+            )
         paths, labels, classes, rejected = scan_class_folders(root, check_images=check_images)
         from_test = np.zeros(len(paths), bool)
     warn_rejected(rejected, root)
@@ -265,17 +326,40 @@ def image_folder_splits(root, protocol: str = "standard", queries_per_class: int
     cache = None
     if split_cache is not None:
         where = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
-        cache = Path(split_cache) / f"{root.name}-{where}_{protocol}_q{queries_per_class}_t{train_per_class}_{split_seed}.npz"
+        cache = (
+            Path(split_cache)
+            / f"{root.name}-{where}_{protocol}_q{queries_per_class}_t{train_per_class}_{split_seed}.npz"
+        )
     split = _load_cached_split(cache, digest) if cache is not None else None
     if split is None:
-        split = per_class_split(labels, from_test, queries_per_class, train_per_class,
-                                protocol == "disjoint", split_seed, classes)
+        split = per_class_split(
+            labels,
+            from_test,
+            queries_per_class,
+            train_per_class,
+            protocol == "disjoint",
+            split_seed,
+            classes,
+        )
         if cache is not None:
             _save_split(cache, split, digest)
-    log.info("Image folder %s: %d classes found (%s), %d images%s; %s split: train %d, query %d, database %d",
-             root, len(classes), "train/ + test/" if two_folders else "one folder", len(paths),
-             f" ({len(rejected)} skipped)" if rejected else "", protocol,
-             len(split["train"]), len(split["query"]), len(split["database"]))
+    log.info(
+        "Image folder %s: %d classes found (%s), %d images%s; %s split: train %d, query %d, database %d",
+        root,
+        len(classes),
+        "train/ + test/" if two_folders else "one folder",
+        len(paths),
+        f" ({len(rejected)} skipped)" if rejected else "",
+        protocol,
+        len(split["train"]),
+        len(split["query"]),
+        len(split["database"]),
+    )
     pool = FileImageSplit(paths, labels)
-    return HashingData(pool.subset(split["train"]), pool.subset(split["query"]),
-                       pool.subset(split["database"]), split_indices=split, classes=classes)
+    return HashingData(
+        pool.subset(split["train"]),
+        pool.subset(split["query"]),
+        pool.subset(split["database"]),
+        split_indices=split,
+        classes=classes,
+    )

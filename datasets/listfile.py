@@ -33,7 +33,9 @@ def parse_list_file(path) -> tuple[list[str], np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"List file {path} not found: create it with {LAYOUT}, or fix data_dir / the dataset folder.")
+        raise DataError(
+            f"List file {path} not found: create it with {LAYOUT}, or fix data_dir / the dataset folder."
+        )
     paths, labels = [], []
     width = None  # number of label tokens, fixed by the first line
     with open(path, encoding="utf-8") as f:
@@ -47,17 +49,27 @@ def parse_list_file(path) -> tuple[list[str], np.ndarray]:
             try:
                 values = [int(t) for t in tokens[1:]]
             except ValueError:
-                raise DataError(f"{where} has a non-integer label {' '.join(tokens[1:])!r}: write {LAYOUT}.") from None
+                raise DataError(
+                    f"{where} has a non-integer label {' '.join(tokens[1:])!r}: write {LAYOUT}."
+                ) from None
             if width is None:
                 width = len(values)
             elif len(values) != width:
                 if 1 in (width, len(values)):
-                    raise DataError(f"{where} mixes single-label and multi-hot lines: use one format for the whole file.")
-                raise DataError(f"{where} has {len(values)} labels but earlier lines have {width}: give every line the same multi-hot length.")
+                    raise DataError(
+                        f"{where} mixes single-label and multi-hot lines: use one format for the whole file."
+                    )
+                raise DataError(
+                    f"{where} has {len(values)} labels but earlier lines have {width}: give every line the same multi-hot length."
+                )
             if width == 1 and values[0] < 0:
-                raise DataError(f"{where} has a negative class id {values[0]}: class ids start at 0.")
+                raise DataError(
+                    f"{where} has a negative class id {values[0]}: class ids start at 0."
+                )
             if width > 1 and any(v not in (0, 1) for v in values):
-                raise DataError(f"{where} has a multi-hot value other than 0/1: write each label as 0 or 1.")
+                raise DataError(
+                    f"{where} has a multi-hot value other than 0/1: write each label as 0 or 1."
+                )
             paths.append(tokens[0])
             labels.append(values)
     if not paths:
@@ -97,6 +109,13 @@ def list_file_splits(
         splits[key] = (file, FileImageSplit([image_root / p for p in paths], labels))
     shapes = {key: split.labels.shape[1:] for key, (_, split) in splits.items()}
     if len(set(shapes.values())) > 1:
-        described = ", ".join(f"{file} has {f'{s[0]}-hot' if s else 'single'} labels" for (file, _), s in zip(splits.values(), shapes.values()))
-        raise DataError(f"The list files disagree on the label format ({described}): use one format for all splits.")
-    return HashingData(splits["train"][1], splits["query"][1], splits["database"][1], split_indices=None)
+        described = ", ".join(
+            f"{file} has {f'{s[0]}-hot' if s else 'single'} labels"
+            for (file, _), s in zip(splits.values(), shapes.values())
+        )
+        raise DataError(
+            f"The list files disagree on the label format ({described}): use one format for all splits."
+        )
+    return HashingData(
+        splits["train"][1], splits["query"][1], splits["database"][1], split_indices=None
+    )

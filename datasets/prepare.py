@@ -80,7 +80,9 @@ class Prepared:
 
     def report(self) -> str:
         """Split sizes and label statistics, one block per split."""
-        kind, kinds = {"nuswide": ("concept", "concepts"), "coco": ("category", "categories")}.get(self.name, ("class", "classes"))
+        kind, kinds = {"nuswide": ("concept", "concepts"), "coco": ("category", "categories")}.get(
+            self.name, ("class", "classes")
+        )
         lines = [f"{self.name}: {len(self.classes)} {kinds}", *self.notes]
         for split in ("train", "query", "database"):
             labels = self.labels[split]
@@ -94,10 +96,15 @@ class Prepared:
                 )
             else:
                 per_class = np.bincount(labels, minlength=len(self.classes))
-                lines.append(f"  {split:<9}{n:>9,} images  images per class {per_class.min():,}..{per_class.max():,} (mean {per_class.mean():.1f})")
+                lines.append(
+                    f"  {split:<9}{n:>9,} images  images per class {per_class.min():,}..{per_class.max():,} (mean {per_class.mean():.1f})"
+                )
         if self.multilabel:
             counts = self.labels["database"].sum(0)
-            lines.append(f"  database images per {kind}: " + ", ".join(f"{c} {k:,}" for c, k in zip(self.classes, counts)))
+            lines.append(
+                f"  database images per {kind}: "
+                + ", ".join(f"{c} {k:,}" for c, k in zip(self.classes, counts))
+            )
         return "\n".join(lines)
 
     @property
@@ -116,8 +123,12 @@ class Prepared:
             rows = []
             for path, label in zip(self.paths[split], self.labels[split]):
                 if any(ch.isspace() for ch in path):
-                    raise DataError(f"Image path {path!r} contains whitespace, which the list-file format cannot hold: rename the file or folder.")
-                label_text = " ".join(str(int(v)) for v in label) if self.multilabel else str(int(label))
+                    raise DataError(
+                        f"Image path {path!r} contains whitespace, which the list-file format cannot hold: rename the file or folder."
+                    )
+                label_text = (
+                    " ".join(str(int(v)) for v in label) if self.multilabel else str(int(label))
+                )
                 rows.append(f"{path} {label_text}\n")
             texts[filename] = "".join(rows).encode()
         texts["classes.txt"] = "".join(f"{c}\n" for c in self.classes).encode()
@@ -140,13 +151,19 @@ def _check_files(paths: list[Path], check_images: bool) -> tuple[np.ndarray, lis
     keep = np.ones(len(paths), dtype=bool)
     skipped = []
     for i, path in enumerate(paths):
-        problem = (image_header_problem(str(path)) if check_images else extension_problem(str(path))) if path.is_file() else "missing"
+        problem = (
+            (image_header_problem(str(path)) if check_images else extension_problem(str(path)))
+            if path.is_file()
+            else "missing"
+        )
         if problem is not None:
             keep[i] = False
             skipped.append(f"{path} ({problem})")
     notes = []
     if skipped:
-        notes.append(f"  skipped {len(skipped):,} listed image(s) that are missing or unreadable: {'; '.join(skipped[:5])}{'; ...' if len(skipped) > 5 else ''}")
+        notes.append(
+            f"  skipped {len(skipped):,} listed image(s) that are missing or unreadable: {'; '.join(skipped[:5])}{'; ...' if len(skipped) > 5 else ''}"
+        )
     return keep, notes
 
 
@@ -158,33 +175,52 @@ def read_class_list(path) -> list[str]:
     """The wnids of a class-list file (one per line, ``#`` comments and blank lines ignored)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"Class list {path} not found: give a text file with one ImageNet wnid (e.g. n01440764) per line.")
+        raise DataError(
+            f"Class list {path} not found: give a text file with one ImageNet wnid (e.g. n01440764) per line."
+        )
     wnids = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
     wnids = [w for w in wnids if w]
     bad = [w for w in wnids if not re.fullmatch(r"n\d{8}", w)]
     if bad or not wnids or len(set(wnids)) != len(wnids):
-        what = f"{bad[0]!r} is not a wnid" if bad else ("it is empty" if not wnids else "a wnid appears twice")
-        raise DataError(f"Class list {path} is not a list of distinct ImageNet wnids ({what}): write one wnid like n01440764 per line.")
+        what = (
+            f"{bad[0]!r} is not a wnid"
+            if bad
+            else ("it is empty" if not wnids else "a wnid appears twice")
+        )
+        raise DataError(
+            f"Class list {path} is not a list of distinct ImageNet wnids ({what}): write one wnid like n01440764 per line."
+        )
     return wnids
 
 
 def _reference_list(path: Path) -> list[tuple[int, str, int]]:
     """``(line number, file name, class id)`` of a reference list file (``any/path/<name> <id>``)."""
     if not path.is_file():
-        raise DataError(f"Reference list {path} not found: --reference-lists must hold the reference's train.txt and test.txt.")
+        raise DataError(
+            f"Reference list {path} not found: --reference-lists must hold the reference's train.txt and test.txt."
+        )
     rows = []
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         tokens = line.split()
         if not tokens:
             continue
         if len(tokens) != 2 or not tokens[1].isdigit():
-            raise DataError(f"{path} line {lineno} is not 'path class-id': give the reference's ImageNet100 list files.")
+            raise DataError(
+                f"{path} line {lineno} is not 'path class-id': give the reference's ImageNet100 list files."
+            )
         rows.append((lineno, tokens[0].replace("\\", "/").rsplit("/", 1)[-1], int(tokens[1])))
     return rows
 
 
-def prepare_imagenet100(source, out, classes=None, reference_lists=None, train_per_class: int = 130,
-                        seed: int = 42, check_images: bool = True) -> Prepared:
+def prepare_imagenet100(
+    source,
+    out,
+    classes=None,
+    reference_lists=None,
+    train_per_class: int = 130,
+    seed: int = 42,
+    check_images: bool = True,
+) -> Prepared:
     """ImageNet100 from an ImageNet-1k ``train/<wnid>/`` + ``val/<wnid>/`` folder (rules: module docstring).
 
     Args:
@@ -205,8 +241,14 @@ def prepare_imagenet100(source, out, classes=None, reference_lists=None, train_p
     for part in ("train", "val"):
         missing = [w for w in wnids if not (source / part / w).is_dir()]
         if missing:
-            hint = " (sort the validation images into class folders, as torchvision.datasets.ImageNet does from the devkit)" if part == "val" and len(missing) == len(wnids) else ""
-            raise DataError(f"{source}/{part} lacks {len(missing)} of the {len(wnids)} classes ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): expected {expected}{hint}.")
+            hint = (
+                " (sort the validation images into class folders, as torchvision.datasets.ImageNet does from the devkit)"
+                if part == "val" and len(missing) == len(wnids)
+                else ""
+            )
+            raise DataError(
+                f"{source}/{part} lacks {len(missing)} of the {len(wnids)} classes ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): expected {expected}{hint}."
+            )
     class_to_idx = {w: i for i, w in enumerate(wnids)}
     notes = [f"  classes from {class_file}", f"  source {source}"]
     pools = {}
@@ -214,8 +256,11 @@ def prepare_imagenet100(source, out, classes=None, reference_lists=None, train_p
         paths, labels, _, rejected = scan_class_folders(source / part, class_to_idx, check_images)
         pools[part] = (paths, labels)
         if rejected:
-            notes.append(f"  skipped {len(rejected):,} file(s) in {part}/ that are not readable images: "
-                         + "; ".join(f"{p} ({why})" for p, why in rejected[:5]) + ("; ..." if len(rejected) > 5 else ""))
+            notes.append(
+                f"  skipped {len(rejected):,} file(s) in {part}/ that are not readable images: "
+                + "; ".join(f"{p} ({why})" for p, why in rejected[:5])
+                + ("; ..." if len(rejected) > 5 else "")
+            )
     train_paths, train_labels = pools["train"]
     val_paths, val_labels = pools["val"]
 
@@ -225,14 +270,21 @@ def prepare_imagenet100(source, out, classes=None, reference_lists=None, train_p
         for c in range(len(wnids)):
             idx = np.flatnonzero(train_labels == c)
             if len(idx) < train_per_class:
-                raise DataError(f"Class {wnids[c]} has {len(idx)} training images, fewer than --train-per-class {train_per_class}: lower it or complete the download.")
+                raise DataError(
+                    f"Class {wnids[c]} has {len(idx)} training images, fewer than --train-per-class {train_per_class}: lower it or complete the download."
+                )
             train_idx.append(np.sort(rng.permutation(idx)[:train_per_class]))
         train_idx = np.concatenate(train_idx)
-        notes.append(f"  training images: {train_per_class} per class drawn with seed {seed}; queries: every validation image of the classes")
+        notes.append(
+            f"  training images: {train_per_class} per class drawn with seed {seed}; queries: every validation image of the classes"
+        )
     else:
         reference_lists = Path(reference_lists)
         chosen = {}
-        for split, filename, paths, labels in (("train", "train.txt", train_paths, train_labels), ("query", "test.txt", val_paths, val_labels)):
+        for split, filename, paths, labels in (
+            ("train", "train.txt", train_paths, train_labels),
+            ("query", "test.txt", val_paths, val_labels),
+        ):
             by_name = {os.path.basename(p): i for i, p in enumerate(paths)}
             rows = _reference_list(reference_lists / filename)
             found, absent = [], 0
@@ -241,16 +293,21 @@ def prepare_imagenet100(source, out, classes=None, reference_lists=None, train_p
                 if not 0 <= class_id < len(wnids) or (wnid is not None and wnid != wnids[class_id]):
                     raise DataError(
                         f"{reference_lists / filename} line {lineno} gives {name} class {class_id}, but the class list "
-                        f"{class_file} has {wnids[class_id] if 0 <= class_id < len(wnids) else 'no such class'} there: give the class list that matches these lists (--classes).")
+                        f"{class_file} has {wnids[class_id] if 0 <= class_id < len(wnids) else 'no such class'} there: give the class list that matches these lists (--classes)."
+                    )
                 i = by_name.get(name)
                 if i is None:
                     absent += 1
                     continue
                 if labels[i] != class_id:
-                    raise DataError(f"{reference_lists / filename} line {lineno} gives {name} class {wnids[class_id]}, but the source has it under {wnids[labels[i]]}: the source or the list is not the reference's ImageNet.")
+                    raise DataError(
+                        f"{reference_lists / filename} line {lineno} gives {name} class {wnids[class_id]}, but the source has it under {wnids[labels[i]]}: the source or the list is not the reference's ImageNet."
+                    )
                 found.append(i)
             chosen[split] = np.asarray(sorted(set(found)), dtype=np.int64)
-            notes.append(f"  {filename} of the reference: {len(rows):,} lines, {len(chosen[split]):,} found in the source, {absent:,} absent (left out)")
+            notes.append(
+                f"  {filename} of the reference: {len(rows):,} lines, {len(chosen[split]):,} found in the source, {absent:,} absent (left out)"
+            )
         train_idx, query_idx = chosen["train"], chosen["query"]
 
     return Prepared(
@@ -260,7 +317,11 @@ def prepare_imagenet100(source, out, classes=None, reference_lists=None, train_p
             "query": [list_path(Path(val_paths[i]), out.parent) for i in query_idx],
             "database": [list_path(Path(p), out.parent) for p in train_paths],
         },
-        labels={"train": train_labels[train_idx], "query": val_labels[query_idx], "database": train_labels},
+        labels={
+            "train": train_labels[train_idx],
+            "query": val_labels[query_idx],
+            "database": train_labels,
+        },
         classes=wnids,
         notes=notes,
     )
@@ -283,8 +344,16 @@ def _nuswide_relative(line: str) -> str:
     return path if path.startswith("Flickr/") else "Flickr/" + path
 
 
-def prepare_nuswide(source, out, images=None, nconcepts: int = 21, queries_per_concept: int = 100,
-                    train_per_concept: int = 500, seed: int = 42, check_images: bool = True) -> Prepared:
+def prepare_nuswide(
+    source,
+    out,
+    images=None,
+    nconcepts: int = 21,
+    queries_per_concept: int = 100,
+    train_per_concept: int = 500,
+    seed: int = 42,
+    check_images: bool = True,
+) -> Prepared:
     """NUS-WIDE from the official image list and concept label files (rules: module docstring).
 
     Args:
@@ -301,29 +370,44 @@ def prepare_nuswide(source, out, images=None, nconcepts: int = 21, queries_per_c
     list_file = source / "ImageList" / "Imagelist.txt"
     label_files = sorted((source / "Groundtruth" / "AllLabels").glob("Labels_*.txt"))
     if not list_file.is_file() or not label_files:
-        raise DataError(f"{source} is not a NUS-WIDE download: expected ImageList/Imagelist.txt and Groundtruth/AllLabels/Labels_<concept>.txt (the official NUS-WIDE image list and concept label files).")
-    entries = [_nuswide_relative(line) for line in list_file.read_text().splitlines() if line.strip()]
-    concepts = [f.stem[len("Labels_"):] for f in label_files]
+        raise DataError(
+            f"{source} is not a NUS-WIDE download: expected ImageList/Imagelist.txt and Groundtruth/AllLabels/Labels_<concept>.txt (the official NUS-WIDE image list and concept label files)."
+        )
+    entries = [
+        _nuswide_relative(line) for line in list_file.read_text().splitlines() if line.strip()
+    ]
+    concepts = [f.stem[len("Labels_") :] for f in label_files]
     if len(concepts) < nconcepts:
-        raise DataError(f"{source}/Groundtruth/AllLabels has {len(concepts)} concept files, fewer than the {nconcepts} to keep: use the complete NUS-WIDE label files.")
+        raise DataError(
+            f"{source}/Groundtruth/AllLabels has {len(concepts)} concept files, fewer than the {nconcepts} to keep: use the complete NUS-WIDE label files."
+        )
     columns = []
     for f in label_files:
         values = f.read_text().split()
         if len(values) != len(entries) or any(v not in ("0", "1") for v in values):
-            raise DataError(f"{f} does not hold one 0/1 value per line of {list_file} ({len(values):,} values for {len(entries):,} images): use the official label files of the same download.")
+            raise DataError(
+                f"{f} does not hold one 0/1 value per line of {list_file} ({len(values):,} values for {len(entries):,} images): use the official label files of the same download."
+            )
         columns.append(np.asarray(values, dtype=np.uint8))
     full = np.stack(columns, axis=1)  # (N, 81)
     frequency = full.sum(0)
     top = sorted(range(len(concepts)), key=lambda j: (-int(frequency[j]), concepts[j]))[:nconcepts]
-    keep_concepts = sorted(top, key=lambda j: concepts[j])  # label vector in the official (alphabetical) order
+    keep_concepts = sorted(
+        top, key=lambda j: concepts[j]
+    )  # label vector in the official (alphabetical) order
     labels = full[:, keep_concepts]
     names = [concepts[j] for j in keep_concepts]
-    notes = [f"  {len(entries):,} images in the official list, {len(concepts)} concepts; kept the {nconcepts} most frequent: " + ", ".join(names)]
+    notes = [
+        f"  {len(entries):,} images in the official list, {len(concepts)} concepts; kept the {nconcepts} most frequent: "
+        + ", ".join(names)
+    ]
 
     candidates = np.flatnonzero(labels.sum(1) > 0)
     keep, skipped = _check_files([images / entries[i] for i in candidates], check_images)
     pool = candidates[keep]
-    notes.append(f"  {len(candidates):,} images have at least one of them, {len(pool):,} of these are on disk under {images}")
+    notes.append(
+        f"  {len(candidates):,} images have at least one of them, {len(pool):,} of these are on disk under {images}"
+    )
     notes += skipped
 
     rng = np.random.RandomState(seed)
@@ -336,7 +420,9 @@ def prepare_nuswide(source, out, images=None, nconcepts: int = 21, queries_per_c
         for j, name in enumerate(names):
             options = np.flatnonzero(in_pool & ~taken & (labels[:, j] > 0))
             if len(options) < count:
-                raise DataError(f"Concept {name!r} has {len(options)} images left for {what}, fewer than {count}: lower the per-concept size or use the complete download.")
+                raise DataError(
+                    f"Concept {name!r} has {len(options)} images left for {what}, fewer than {count}: lower the per-concept size or use the complete download."
+                )
             pick = rng.choice(options, size=count, replace=False)
             taken[pick] = True
             drawn.append(pick)
@@ -348,7 +434,9 @@ def prepare_nuswide(source, out, images=None, nconcepts: int = 21, queries_per_c
     split = {"train": train, "query": query, "database": database}
     return Prepared(
         name="nuswide",
-        paths={k: [list_path(images / entries[i], out.parent) for i in idx] for k, idx in split.items()},
+        paths={
+            k: [list_path(images / entries[i], out.parent) for i in idx] for k, idx in split.items()
+        },
         labels={k: labels[idx] for k, idx in split.items()},
         classes=names,
         notes=notes,
@@ -363,14 +451,27 @@ def _load_instances(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise DataError(f"{path} is not readable JSON ({type(err).__name__}): download the official COCO instances annotations again.") from err
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
-        raise DataError(f"{path} is not a COCO instances file: expected a JSON object with 'images', 'annotations' and 'categories' lists.")
+        raise DataError(
+            f"{path} is not readable JSON ({type(err).__name__}): download the official COCO instances annotations again."
+        ) from err
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise DataError(
+            f"{path} is not a COCO instances file: expected a JSON object with 'images', 'annotations' and 'categories' lists."
+        )
     return data
 
 
-def prepare_coco(source, out, year: str | None = None, n_query: int = 5000, n_train: int = 10000,
-                 seed: int = 42, check_images: bool = True) -> Prepared:
+def prepare_coco(
+    source,
+    out,
+    year: str | None = None,
+    n_query: int = 5000,
+    n_train: int = 10000,
+    seed: int = 42,
+    check_images: bool = True,
+) -> Prepared:
     """MS-COCO from the official instances annotations (rules: module docstring).
 
     Args:
@@ -384,19 +485,32 @@ def prepare_coco(source, out, year: str | None = None, n_query: int = 5000, n_tr
     """
     source, out = Path(source), Path(out)
     years = [year] if year is not None else ["2014", "2017"]
-    present = [y for y in years if all((source / "annotations" / f"instances_{p}{y}.json").is_file() for p in ("train", "val"))]
+    present = [
+        y
+        for y in years
+        if all(
+            (source / "annotations" / f"instances_{p}{y}.json").is_file() for p in ("train", "val")
+        )
+    ]
     if not present:
-        raise DataError(f"{source} is not an MS-COCO download: expected annotations/instances_train{years[0]}.json and annotations/instances_val{years[0]}.json "
-                        "(the official COCO instances annotations, 2014 or 2017) beside the train and val image folders.")
+        raise DataError(
+            f"{source} is not an MS-COCO download: expected annotations/instances_train{years[0]}.json and annotations/instances_val{years[0]}.json "
+            "(the official COCO instances annotations, 2014 or 2017) beside the train and val image folders."
+        )
     year = present[0]
     categories, files, labels_of = None, [], []
     for part in ("train", "val"):
         data = _load_instances(source / "annotations" / f"instances_{part}{year}.json")
         cats = sorted(int(c["id"]) for c in data["categories"])
         if categories is None:
-            categories, names = cats, {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+            categories, names = (
+                cats,
+                {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]},
+            )
         elif cats != categories:
-            raise DataError(f"instances_train{year}.json and instances_val{year}.json list different categories: use the two files of one official release.")
+            raise DataError(
+                f"instances_train{year}.json and instances_val{year}.json list different categories: use the two files of one official release."
+            )
         column = {cid: j for j, cid in enumerate(categories)}
         image_ids = sorted(int(img["id"]) for img in data["images"])
         file_of = {int(img["id"]): img["file_name"] for img in data["images"]}
@@ -406,7 +520,9 @@ def prepare_coco(source, out, year: str | None = None, n_query: int = 5000, n_tr
             try:
                 labels[row_of[int(ann["image_id"])], column[int(ann["category_id"])]] = 1
             except KeyError:
-                raise DataError(f"instances_{part}{year}.json has an annotation of an unknown image or category ({ann.get('image_id')}, {ann.get('category_id')}): use the official file.") from None
+                raise DataError(
+                    f"instances_{part}{year}.json has an annotation of an unknown image or category ({ann.get('image_id')}, {ann.get('category_id')}): use the official file."
+                ) from None
         files += [source / f"{part}{year}" / file_of[iid] for iid in image_ids]
         labels_of.append(labels)
     labels = np.concatenate(labels_of)
@@ -415,10 +531,14 @@ def prepare_coco(source, out, year: str | None = None, n_query: int = 5000, n_tr
     candidates = np.flatnonzero(labels.sum(1) > 0)
     keep, skipped = _check_files([files[i] for i in candidates], check_images)
     pool = candidates[keep]
-    notes.append(f"  {len(candidates):,} images have at least one label, {len(pool):,} of these are on disk")
+    notes.append(
+        f"  {len(candidates):,} images have at least one label, {len(pool):,} of these are on disk"
+    )
     notes += skipped
     if len(pool) < n_query + n_train:
-        raise DataError(f"Only {len(pool):,} labelled COCO images are usable, fewer than {n_query:,} queries + {n_train:,} training images: lower the sizes or complete the download.")
+        raise DataError(
+            f"Only {len(pool):,} labelled COCO images are usable, fewer than {n_query:,} queries + {n_train:,} training images: lower the sizes or complete the download."
+        )
 
     rng = np.random.RandomState(seed)
     order = rng.permutation(pool)

@@ -37,7 +37,9 @@ def interpolation_mode(name: str) -> v2.InterpolationMode:
     try:
         return _INTERPOLATIONS[str(name).lower()]
     except KeyError:
-        raise ConfigError(f"Unknown interpolation {name!r}: use one of {', '.join(_INTERPOLATIONS)}.") from None
+        raise ConfigError(
+            f"Unknown interpolation {name!r}: use one of {', '.join(_INTERPOLATIONS)}."
+        ) from None
 
 
 def _clamp_unit(x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +48,12 @@ def _clamp_unit(x: torch.Tensor) -> torch.Tensor:
 
 def _to_float_tensor() -> list[Callable]:
     """PIL / uint8 -> plain float32 tensor in [0, 1] (clamped: bicubic on float input can overshoot)."""
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor(), v2.Lambda(_clamp_unit)]
+    return [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.ToPureTensor(),
+        v2.Lambda(_clamp_unit),
+    ]
 
 
 class _Pipeline:
@@ -65,7 +72,11 @@ class _Pipeline:
 
 
 def _resize(size, interpolation):
-    return None if size is None else v2.Resize(size, interpolation=interpolation_mode(interpolation), antialias=True)
+    return (
+        None
+        if size is None
+        else v2.Resize(size, interpolation=interpolation_mode(interpolation), antialias=True)
+    )
 
 
 def _center_crop(size):
@@ -75,7 +86,13 @@ def _center_crop(size):
 def _random_resized_crop(size, scale, ratio, interpolation):
     if size is None:
         return None
-    return v2.RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio), interpolation=interpolation_mode(interpolation), antialias=True)
+    return v2.RandomResizedCrop(
+        size,
+        scale=tuple(scale),
+        ratio=tuple(ratio),
+        interpolation=interpolation_mode(interpolation),
+        antialias=True,
+    )
 
 
 class EvalTransform(_Pipeline):
@@ -85,7 +102,9 @@ class EvalTransform(_Pipeline):
         super().__init__([_resize(resize, interpolation), _center_crop(crop), *_to_float_tensor()])
 
 
-def eval_transform(resize: int | None, crop: int | None, interpolation: str = "bicubic") -> EvalTransform:
+def eval_transform(
+    resize: int | None, crop: int | None, interpolation: str = "bicubic"
+) -> EvalTransform:
     """Reference eval pipeline: Resize(resize, bicubic) -> CenterCrop(crop) (methods.md §5.3).
 
     ImageNet100 / NUS-WIDE / COCO: 256 -> 224; CIFAR-10: 224 -> 224; digits: 8 -> 8.
@@ -125,29 +144,43 @@ class GaussianBlur:
             return img.filter(ImageFilter.GaussianBlur(radius=sigma))
         height, width = img.shape[-2:]
         kernel = min(2 * math.ceil(2 * sigma) + 1, (min(height, width) - 1) // 2 * 2 + 1)
-        return F.gaussian_blur(img, kernel_size=[kernel, kernel], sigma=[sigma, sigma]) if kernel > 1 else img
+        return (
+            F.gaussian_blur(img, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
+            if kernel > 1
+            else img
+        )
 
     def __repr__(self) -> str:
         return f"GaussianBlur(sigma={self.sigma})"
 
 
-def augmented_view(crop: int | None, scale: Sequence[float], ratio: Sequence[float],
-                   interpolation: str, flip_p: float, jitter: Sequence[float],
-                   jitter_p: float | None, grayscale_p: float, blur: Callable | None) -> _Pipeline:
+def augmented_view(
+    crop: int | None,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    interpolation: str,
+    flip_p: float,
+    jitter: Sequence[float],
+    jitter_p: float | None,
+    grayscale_p: float,
+    blur: Callable | None,
+) -> _Pipeline:
     """One random view, the shared shape of the SimCLR and MoCo-v2 pipelines (methods.md §5.3):
     RandomResizedCrop(crop, scale, ratio) -> HorizontalFlip(flip_p) -> ColorJitter(*jitter)
     with probability jitter_p (None = always, without drawing for it) -> RandomGrayscale(p)
     -> blur (None = none) -> [0, 1] tensor. Every argument is set by the callers, whose
     defaults carry the sources."""
     color = v2.ColorJitter(*jitter)
-    return _Pipeline([
-        _random_resized_crop(crop, scale, ratio, interpolation),
-        v2.RandomHorizontalFlip(flip_p),
-        color if jitter_p is None else v2.RandomApply([color], p=jitter_p),
-        v2.RandomGrayscale(grayscale_p),
-        blur,
-        *_to_float_tensor(),
-    ])
+    return _Pipeline(
+        [
+            _random_resized_crop(crop, scale, ratio, interpolation),
+            v2.RandomHorizontalFlip(flip_p),
+            color if jitter_p is None else v2.RandomApply([color], p=jitter_p),
+            v2.RandomGrayscale(grayscale_p),
+            blur,
+            *_to_float_tensor(),
+        ]
+    )
 
 
 class TwoViews:
@@ -196,9 +229,19 @@ class SimCLRViews(TwoViews):
         blur_sigma: Sequence[float] = (0.1, 2.0),
         interpolation: str = "bilinear",
     ):
-        super().__init__(augmented_view(
-            crop, scale, ratio, interpolation, flip_p, (brightness, contrast, saturation, hue),
-            jitter_p, grayscale_p, v2.GaussianBlur(blur_kernel, sigma=tuple(blur_sigma))))
+        super().__init__(
+            augmented_view(
+                crop,
+                scale,
+                ratio,
+                interpolation,
+                flip_p,
+                (brightness, contrast, saturation, hue),
+                jitter_p,
+                grayscale_p,
+                v2.GaussianBlur(blur_kernel, sigma=tuple(blur_sigma)),
+            )
+        )
 
 
 class MoCoV2Views(TwoViews):
@@ -230,7 +273,14 @@ class MoCoV2Views(TwoViews):
     ):
         common = (crop, scale, ratio, interpolation, flip_p)
         super().__init__(
-            augmented_view(*common, (brightness, contrast, saturation, hue1), jitter_p1,
-                           grayscale_p, GaussianBlur(blur_sigma)),
-            augmented_view(*common, (brightness, contrast, saturation, hue2), None,
-                           grayscale_p, None))
+            augmented_view(
+                *common,
+                (brightness, contrast, saturation, hue1),
+                jitter_p1,
+                grayscale_p,
+                GaussianBlur(blur_sigma),
+            ),
+            augmented_view(
+                *common, (brightness, contrast, saturation, hue2), None, grayscale_p, None
+            ),
+        )

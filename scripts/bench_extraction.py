@@ -44,10 +44,14 @@ def jpeg_split(data_dir: Path, count: int, seed: int = 0):
 
     root = data_dir / "cifar10"
     if not (root / "train").is_dir():
-        raise DataError(f"no CIFAR-10 JPEGs under {root}/train: extract ../shared/data/"
-                        f"cifar10-jpg.tar.gz to {root} (tar -xzf ... -C {root})")
+        raise DataError(
+            f"no CIFAR-10 JPEGs under {root}/train: extract ../shared/data/"
+            f"cifar10-jpg.tar.gz to {root} (tar -xzf ... -C {root})"
+        )
     pool, _, _ = read_image_folder_pool(root)
-    picks = np.sort(np.random.RandomState(seed).choice(len(pool), min(count, len(pool)), replace=False))
+    picks = np.sort(
+        np.random.RandomState(seed).choice(len(pool), min(count, len(pool)), replace=False)
+    )
     return pool.subset(picks)
 
 
@@ -57,8 +61,9 @@ def decode_rate(split, transform, workers: int, batch: int) -> float:
 
     from datasets.feature_cache import _Items
 
-    loader = DataLoader(_Items(split, transform, 0, len(split), None), batch_size=batch,
-                        num_workers=workers)
+    loader = DataLoader(
+        _Items(split, transform, 0, len(split), None), batch_size=batch, num_workers=workers
+    )
     saved = torch.get_num_threads()
     torch.set_num_threads(1)  # as the extraction with an engine does (workers use 1 anyway)
     started = time.perf_counter()
@@ -69,8 +74,9 @@ def decode_rate(split, transform, workers: int, batch: int) -> float:
     return len(split) / seconds
 
 
-def run_engine(name: str, backbone, split, transform, threads: int, workers: int, batch: int,
-               folder: Path) -> dict:
+def run_engine(
+    name: str, backbone, split, transform, threads: int, workers: int, batch: int, folder: Path
+) -> dict:
     """Build the engine's extractor (timed: conversion) and extract ``split`` end to end."""
     from datasets.feature_cache import extract
     from utils.feature_extractor import build_extractor
@@ -80,17 +86,38 @@ def run_engine(name: str, backbone, split, transform, threads: int, workers: int
     started = time.perf_counter()
     extractor = build_extractor(backbone, name, torch.device("cpu"), example, threads=threads)
     convert_s = time.perf_counter() - started
-    parts = {"items": len(split), "dtype": "float32", "engine": name, "threads": threads,
-             "workers": workers}
+    parts = {
+        "items": len(split),
+        "dtype": "float32",
+        "engine": name,
+        "threads": threads,
+        "workers": workers,
+    }
     path = folder / f"{name}-t{threads}-w{workers}.npz"
     extractor(example[:1])  # first-call allocations out of the timing
     started = time.perf_counter()
-    features = extract(split, extractor, transform, path, parts, torch.device("cpu"), batch, workers,
-                       progress=False, desc=name)
+    features = extract(
+        split,
+        extractor,
+        transform,
+        path,
+        parts,
+        torch.device("cpu"),
+        batch,
+        workers,
+        progress=False,
+        desc=name,
+    )
     seconds = time.perf_counter() - started
-    return {"engine": extractor.name, "threads": threads, "workers": workers,
-            "convert_s": convert_s, "seconds": seconds, "images_per_s": len(split) / seconds,
-            "features": features}
+    return {
+        "engine": extractor.name,
+        "threads": threads,
+        "workers": workers,
+        "convert_s": convert_s,
+        "seconds": seconds,
+        "images_per_s": len(split) / seconds,
+        "features": features,
+    }
 
 
 def main() -> None:
@@ -101,8 +128,12 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--pretrained", default="true", choices=("true", "false"))
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--threads", default="auto", help="engine threads (auto: utils/resources.py)")
-    parser.add_argument("--workers", default="auto", help="decode workers (auto: utils/resources.py)")
+    parser.add_argument(
+        "--threads", default="auto", help="engine threads (auto: utils/resources.py)"
+    )
+    parser.add_argument(
+        "--workers", default="auto", help="decode workers (auto: utils/resources.py)"
+    )
     parser.add_argument("--engines", default="torch,openvino,onnxruntime")
     parser.add_argument("--grid", action="store_true")
     parser.add_argument("--quick", action="store_true", help="smoke test: 64 images, tiny backbone")
@@ -133,40 +164,70 @@ def main() -> None:
     engines = [e for e in args.engines.split(",") if e == "torch" or not missing_packages(e)]
     skipped = sorted(set(args.engines.split(",")) - set(engines))
     load = os.getloadavg()
-    print(f"bench_extraction: {args.backbone} (pretrained={args.pretrained}) at {args.size} px, "
-          f"{len(split)} CIFAR-10 JPEGs, batch {args.batch}, {threads} engine threads, {workers} "
-          f"decode workers; {available_cores()} cores, load average {load[0]:.2f} {load[1]:.2f} "
-          f"{load[2]:.2f} before the run; torch {torch.__version__}"
-          + (f"; not installed: {', '.join(skipped)}" if skipped else ""))
+    print(
+        f"bench_extraction: {args.backbone} (pretrained={args.pretrained}) at {args.size} px, "
+        f"{len(split)} CIFAR-10 JPEGs, batch {args.batch}, {threads} engine threads, {workers} "
+        f"decode workers; {available_cores()} cores, load average {load[0]:.2f} {load[1]:.2f} "
+        f"{load[2]:.2f} before the run; torch {torch.__version__}"
+        + (f"; not installed: {', '.join(skipped)}" if skipped else "")
+    )
     for w in sorted({0, 1, min(2, available_cores())}):
-        print(f"decode + resize alone, {w} workers: {decode_rate(split, transform, w, args.batch):.0f} images/s")
+        print(
+            f"decode + resize alone, {w} workers: {decode_rate(split, transform, w, args.batch):.0f} images/s"
+        )
 
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for name in engines:
-            results.append(run_engine(name, backbone, split, transform, threads, workers,
-                                      args.batch, Path(folder)))
+            results.append(
+                run_engine(
+                    name, backbone, split, transform, threads, workers, args.batch, Path(folder)
+                )
+            )
         if args.grid and "openvino" in engines:
             for t in range(1, available_cores() + 1):
                 for w in range(0, available_cores() + 1):
                     if (t, w) != (threads, workers):
-                        results.append(run_engine("openvino", backbone, split, transform, t, w,
-                                                  args.batch, Path(folder)))
+                        results.append(
+                            run_engine(
+                                "openvino",
+                                backbone,
+                                split,
+                                transform,
+                                t,
+                                w,
+                                args.batch,
+                                Path(folder),
+                            )
+                        )
     reference = next((r for r in results if r["engine"] == "torch"), None)
     rows = []
-    print(f"{'engine':<12} {'threads':>7} {'workers':>7} {'images/s':>9} {'x torch':>8} "
-          f"{'max |diff|':>10} {'convert s':>9}")
+    print(
+        f"{'engine':<12} {'threads':>7} {'workers':>7} {'images/s':>9} {'x torch':>8} "
+        f"{'max |diff|':>10} {'convert s':>9}"
+    )
     for r in results:
         ratio = r["images_per_s"] / reference["images_per_s"] if reference else float("nan")
-        diff = (float(np.abs(r["features"] - reference["features"]).max()) if reference
-                else float("nan"))
-        print(f"{r['engine']:<12} {r['threads']:>7} {r['workers']:>7} {r['images_per_s']:>9.1f} "
-              f"{ratio:>8.2f} {diff:>10.2g} {r['convert_s']:>9.1f}")
-        rows.append({k: v for k, v in r.items() if k != "features"} | {"ratio": ratio, "max_diff": diff})
-    best = max((r for r in rows if r["engine"] != "torch"), key=lambda r: r["images_per_s"], default=None)
+        diff = (
+            float(np.abs(r["features"] - reference["features"]).max())
+            if reference
+            else float("nan")
+        )
+        print(
+            f"{r['engine']:<12} {r['threads']:>7} {r['workers']:>7} {r['images_per_s']:>9.1f} "
+            f"{ratio:>8.2f} {diff:>10.2g} {r['convert_s']:>9.1f}"
+        )
+        rows.append(
+            {k: v for k, v in r.items() if k != "features"} | {"ratio": ratio, "max_diff": diff}
+        )
+    best = max(
+        (r for r in rows if r["engine"] != "torch"), key=lambda r: r["images_per_s"], default=None
+    )
     if best is not None:
-        print(f"whole CIFAR-10 (60,000 images) at {best['engine']}'s rate: "
-              f"{60000 / best['images_per_s'] / 60:.1f} min")
+        print(
+            f"whole CIFAR-10 (60,000 images) at {best['engine']}'s rate: "
+            f"{60000 / best['images_per_s'] / 60:.1f} min"
+        )
     if args.json:
         write_json({"args": vars(args), "load_average": load, "results": rows}, Path(args.json))
 

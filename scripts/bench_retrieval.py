@@ -182,25 +182,42 @@ def case_cifar(args, sizes):
     mean_average_precision(q[:10], d[:1000], ql[:10], dl[:1000], R=1000)
     t_first, c_first = time.perf_counter() - t0, time.process_time() - c0
     _line(f"    first call (kernel load/compile) : {_t(t_first, c_first)}   (excluded below)")
-    t_ours, c_ours, m_ours = best_of(lambda: mean_average_precision(q, d, ql, dl, R=1000),
-                                     args.repeats)
-    t_base, c_base, m_base = best_of(lambda: baseline_map(q, d, ql, dl, 1000),
-                                     args.baseline_repeats)
+    t_ours, c_ours, m_ours = best_of(
+        lambda: mean_average_precision(q, d, ql, dl, R=1000), args.repeats
+    )
+    t_base, c_base, m_base = best_of(
+        lambda: baseline_map(q, d, ql, dl, 1000), args.baseline_repeats
+    )
     t_rep, c_rep, rep = best_of(lambda: retrieval_report(q, d, ql, dl, R=1000), args.repeats)
     ratio = t_base / t_ours
     _line(f"    ours      mean_average_precision : {_t(t_ours, c_ours)}   mAP@1000 = {m_ours:.10f}")
     _line(f"    baseline  matmul + full argsort  : {_t(t_base, c_base)}   mAP@1000 = {m_base:.10f}")
-    _line(f"    speed-up (wall)                  : {ratio:8.1f} x   (cpu time: "
-          f"{c_base / max(c_ours, 1e-9):.1f} x; goal >= {GOAL_SPEEDUP:.0f} x: "
-          f"{'met' if ratio >= GOAL_SPEEDUP else 'NOT met'})")
+    _line(
+        f"    speed-up (wall)                  : {ratio:8.1f} x   (cpu time: "
+        f"{c_base / max(c_ours, 1e-9):.1f} x; goal >= {GOAL_SPEEDUP:.0f} x: "
+        f"{'met' if ratio >= GOAL_SPEEDUP else 'NOT met'})"
+    )
     agree = abs(m_ours - m_base) < 1e-9
-    _line(f"    mAPs agree                       : {'yes' if agree else 'NO'} "
-          f"(|diff| = {abs(m_ours - m_base):.1e})")
-    _line(f"    ours      retrieval_report (all) : {_t(t_rep, c_rep)}   mAP_tie@1000 = "
-          f"{rep['mAP_tie@1000']:.10f}  P@10 = {rep['P@10']:.4f}")
-    return dict(t_ours=t_ours, t_base=t_base, ratio=ratio, map_ours=m_ours, map_base=m_base,
-                agree=agree, t_report=t_rep, cpu_ours=c_ours, cpu_base=c_base,
-                t_first=t_first)
+    _line(
+        f"    mAPs agree                       : {'yes' if agree else 'NO'} "
+        f"(|diff| = {abs(m_ours - m_base):.1e})"
+    )
+    _line(
+        f"    ours      retrieval_report (all) : {_t(t_rep, c_rep)}   mAP_tie@1000 = "
+        f"{rep['mAP_tie@1000']:.10f}  P@10 = {rep['P@10']:.4f}"
+    )
+    return dict(
+        t_ours=t_ours,
+        t_base=t_base,
+        ratio=ratio,
+        map_ours=m_ours,
+        map_base=m_base,
+        agree=agree,
+        t_report=t_rep,
+        cpu_ours=c_ours,
+        cpu_base=c_base,
+        t_first=t_first,
+    )
 
 
 def case_nus(args, sizes):
@@ -208,12 +225,17 @@ def case_nus(args, sizes):
     _line(f"[2] NUS-WIDE scale, multi-label: {n_q} x {n_db} x 64 bits, 21 labels, R=5000")
     q, d, ql, dl = multi_label_data(n_q, n_db, 64, 21)
     t, c, m = best_of(lambda: mean_average_precision(q, d, ql, dl, R=5000), args.repeats)
-    t_rep, c_rep, rep = best_of(lambda: retrieval_report(q, d, ql, dl, R=5000),
-                                max(1, args.repeats - 1))
-    _line(f"    ours      mean_average_precision : {_t(t, c)}   mAP@5000 = {m:.10f}   "
-          f"(goal < {GOAL_NUS_S:.0f} s: {'met' if t < GOAL_NUS_S else 'NOT met'})")
-    _line(f"    ours      retrieval_report (all) : {_t(t_rep, c_rep)}   mAP_tie@5000 = "
-          f"{rep['mAP_tie@5000']:.10f}")
+    t_rep, c_rep, rep = best_of(
+        lambda: retrieval_report(q, d, ql, dl, R=5000), max(1, args.repeats - 1)
+    )
+    _line(
+        f"    ours      mean_average_precision : {_t(t, c)}   mAP@5000 = {m:.10f}   "
+        f"(goal < {GOAL_NUS_S:.0f} s: {'met' if t < GOAL_NUS_S else 'NOT met'})"
+    )
+    _line(
+        f"    ours      retrieval_report (all) : {_t(t_rep, c_rep)}   mAP_tie@5000 = "
+        f"{rep['mAP_tie@5000']:.10f}"
+    )
     return dict(t=t, cpu=c, map=m, t_report=t_rep)
 
 
@@ -222,25 +244,37 @@ def _million_child(n_q, n_db, repeats):
     q, d, ql, dl = single_label_data(n_q, n_db, 64, 10)
     rss_data = peak_rss_gb()
     t, c, m = best_of(lambda: mean_average_precision(q, d, ql, dl, R=1000), repeats)
-    print(json.dumps(dict(t=t, cpu=c, map=m, rss_data=rss_data, rss_peak=peak_rss_gb())),
-          flush=True)
+    print(
+        json.dumps(dict(t=t, cpu=c, map=m, rss_data=rss_data, rss_peak=peak_rss_gb())), flush=True
+    )
 
 
 def case_million(args, sizes):
     n_q, n_db = sizes["million"]
     _line(f"[3] large database: {n_q} x {n_db} x 64 bits, 10 classes, R=1000 (child process)")
-    cmd = [sys.executable, os.path.abspath(__file__), "--child-million", str(n_q), str(n_db),
-           "--repeats", str(max(1, args.repeats - 1))]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child-million",
+        str(n_q),
+        str(n_db),
+        "--repeats",
+        str(max(1, args.repeats - 1)),
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     ok = res["rss_peak"] < GOAL_PEAK_GB
-    _line(f"    ours      mean_average_precision : {_t(res['t'], res['cpu'])}   "
-          f"mAP@1000 = {res['map']:.10f}")
-    _line(f"    peak RSS of the process          : {res['rss_peak']:8.3f} GB  "
-          f"(after generating the data: {res['rss_data']:.3f} GB; goal < {GOAL_PEAK_GB:.0f} GB: "
-          f"{'met' if ok else 'NOT met'})")
+    _line(
+        f"    ours      mean_average_precision : {_t(res['t'], res['cpu'])}   "
+        f"mAP@1000 = {res['map']:.10f}"
+    )
+    _line(
+        f"    peak RSS of the process          : {res['rss_peak']:8.3f} GB  "
+        f"(after generating the data: {res['rss_data']:.3f} GB; goal < {GOAL_PEAK_GB:.0f} GB: "
+        f"{'met' if ok else 'NOT met'})"
+    )
     return res
 
 
@@ -250,11 +284,14 @@ def case_bits(args, sizes):
     res = {}
     for nbit in (16, 32, 64, 128, 24):
         q, d, ql, dl = single_label_data(n_q, n_db, nbit, 10, seed=nbit)
-        t, c, m = best_of(lambda q=q, d=d, ql=ql, dl=dl: mean_average_precision(q, d, ql, dl, R=1000),
-                          args.repeats)
+        t, c, m = best_of(
+            lambda q=q, d=d, ql=ql, dl=dl: mean_average_precision(q, d, ql, dl, R=1000),
+            args.repeats,
+        )
         mt = mean_average_precision(q, d, ql, dl, R=1000, ties="average")
-        _line(f"    nbit {nbit:3d}: {_t(t, c)}   mAP@1000 = {m:.6f}   tie-aware mAP@1000 = "
-              f"{mt:.6f}")
+        _line(
+            f"    nbit {nbit:3d}: {_t(t, c)}   mAP@1000 = {m:.6f}   tie-aware mAP@1000 = {mt:.6f}"
+        )
         res[nbit] = dict(t=t, cpu=c, map=m, map_tie=mt)
     return res
 
@@ -262,8 +299,7 @@ def case_bits(args, sizes):
 def _backend_name():
     import numba
 
-    return (f"numba {numba.__version__} kernels (threads = torch.get_num_threads(); "
-            f"baseline: torch)")
+    return f"numba {numba.__version__} kernels (threads = torch.get_num_threads(); baseline: torch)"
 
 
 def main(argv=None):
@@ -271,8 +307,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="shrink every case (smoke test)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of ours (best kept)")
     parser.add_argument("--baseline-repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads for this benchmark (default: unchanged)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for this benchmark (default: unchanged)",
+    )
     parser.add_argument("--child-million", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -285,11 +325,17 @@ def main(argv=None):
         args.repeats, args.baseline_repeats = 1, 1
     else:
         sizes = dict(cifar=(1000, 59000), nus=(2100, 193000), million=(1000, 1000000))
-    _line(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs{' (quick mode)' if args.quick else ''}; {_load()}")
+    _line(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs{' (quick mode)' if args.quick else ''}; {_load()}"
+    )
     _line(f"engine backend on the CPU: {_backend_name()}")
-    results = dict(cifar=case_cifar(args, sizes), nus=case_nus(args, sizes),
-                   million=case_million(args, sizes), bits=case_bits(args, sizes))
+    results = dict(
+        cifar=case_cifar(args, sizes),
+        nus=case_nus(args, sizes),
+        million=case_million(args, sizes),
+        bits=case_bits(args, sizes),
+    )
     _line(f"done; {_load()}")
     return results
 

@@ -56,8 +56,14 @@ GOAL_10M_QPS = 20_000
 GOAL_BYTES_RATIO = 2.0
 
 
-def clustered_codes(n: int, nbit: int, prototypes: np.ndarray, flip_log2: int,
-                    rng: np.random.Generator, chunk: int = 1 << 20) -> np.ndarray:
+def clustered_codes(
+    n: int,
+    nbit: int,
+    prototypes: np.ndarray,
+    flip_log2: int,
+    rng: np.random.Generator,
+    chunk: int = 1 << 20,
+) -> np.ndarray:
     """``(n, nbit/8)`` uint8 packed codes: a random prototype each, bits flipped w.p. 2**-flip_log2.
 
     A flip mask with P(bit) = 2**-m is the AND of m uniform random bytes (bit by bit).
@@ -102,22 +108,32 @@ def best_time(fn, repeats: int) -> tuple[float, object]:
 
 def recalls(D: np.ndarray, D_exact: np.ndarray, k: int) -> tuple[float, float]:
     kth = float(np.mean(D[:, k - 1] == D_exact[:, k - 1]))
-    recall = float(np.mean((D <= D_exact[:, k - 1:k]).sum(1) / k))
+    recall = float(np.mean((D <= D_exact[:, k - 1 : k]).sum(1) / k))
     return kth, recall
 
 
 def measure(name, index, db_n, nbit, queries, k, single, repeats, D_exact, build_s):
     t_batch, (D, I) = best_time(lambda: search_index(index, queries, k), repeats)
     one = queries[:single]
-    t_single, _ = best_time(lambda: [index.search(one[i:i + 1], k) for i in range(len(one))],
-                            repeats)
+    t_single, _ = best_time(
+        lambda: [index.search(one[i : i + 1], k) for i in range(len(one))], repeats
+    )
     kth, recall = recalls(D, D_exact, k) if D_exact is not None else (1.0, 1.0)
-    row = {"index": name, "build_s": build_s, "bytes_per_code": index_bytes(index) / db_n,
-           "qps_batch": len(queries) / t_batch, "qps_single": len(one) / t_single,
-           "kth": kth, "recall": recall}
-    print(f"  {name:<26} build {build_s:7.1f} s  {row['bytes_per_code']:7.2f} B/code "
-          f"({row['bytes_per_code'] / (nbit / 8):5.2f}x)  batch {row['qps_batch']:9.0f} q/s  "
-          f"single {row['qps_single']:8.0f} q/s  kth {kth:.4f}  recall {recall:.4f}", flush=True)
+    row = {
+        "index": name,
+        "build_s": build_s,
+        "bytes_per_code": index_bytes(index) / db_n,
+        "qps_batch": len(queries) / t_batch,
+        "qps_single": len(one) / t_single,
+        "kth": kth,
+        "recall": recall,
+    }
+    print(
+        f"  {name:<26} build {build_s:7.1f} s  {row['bytes_per_code']:7.2f} B/code "
+        f"({row['bytes_per_code'] / (nbit / 8):5.2f}x)  batch {row['qps_batch']:9.0f} q/s  "
+        f"single {row['qps_single']:8.0f} q/s  kth {kth:.4f}  recall {recall:.4f}",
+        flush=True,
+    )
     return row, (D, I)
 
 
@@ -128,40 +144,79 @@ def bench_size(n, args, rng) -> dict:
     t0 = time.perf_counter()
     db = clustered_codes(n, nbit, prototypes, args.flip_log2, rng)
     queries = clustered_codes(args.queries, nbit, prototypes, args.flip_log2, rng)
-    print(f"\n{n:,} codes of {nbit} bits ({db.nbytes / 2**20:.0f} MiB), {len(queries):,} queries, "
-          f"k={k}, {faiss.omp_get_max_threads()} faiss threads (data in "
-          f"{time.perf_counter() - t0:.1f} s)", flush=True)
+    print(
+        f"\n{n:,} codes of {nbit} bits ({db.nbytes / 2**20:.0f} MiB), {len(queries):,} queries, "
+        f"k={k}, {faiss.omp_get_max_threads()} faiss threads (data in "
+        f"{time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
     rows = []
 
     # Exact: faiss flat (the ground truth) and the NumPy baseline on a few queries.
     t0 = time.perf_counter()
     flat = build_index(db, nbit, index_params("flat", n))
-    row, (D_exact, I_exact) = measure("IndexBinaryFlat", flat, n, nbit, queries, k, args.single,
-                                      args.repeats, None, time.perf_counter() - t0)
+    row, (D_exact, I_exact) = measure(
+        "IndexBinaryFlat",
+        flat,
+        n,
+        nbit,
+        queries,
+        k,
+        args.single,
+        args.repeats,
+        None,
+        time.perf_counter() - t0,
+    )
     rows.append(row)
     nq_np = min(len(queries), args.numpy_queries)
     t_np, (D_np, I_np) = best_time(lambda: numpy_search(db, queries[:nq_np], k), 1)
     same = bool(np.array_equal(D_np, D_exact[:nq_np]) and np.array_equal(I_np, I_exact[:nq_np]))
-    rows.append({"index": "numpy popcount", "build_s": 0.0, "bytes_per_code": nbit / 8,
-                 "qps_batch": nq_np / t_np, "qps_single": nq_np / t_np, "kth": 1.0,
-                 "recall": 1.0, "same_as_flat": same})
-    print(f"  {'numpy popcount (baseline)':<26} build     0.0 s  {nbit / 8:7.2f} B/code "
-          f"( 1.00x)  batch {nq_np / t_np:9.0f} q/s  (one query at a time, {nq_np} queries; "
-          f"ids and distances equal to IndexBinaryFlat: {same})", flush=True)
+    rows.append(
+        {
+            "index": "numpy popcount",
+            "build_s": 0.0,
+            "bytes_per_code": nbit / 8,
+            "qps_batch": nq_np / t_np,
+            "qps_single": nq_np / t_np,
+            "kth": 1.0,
+            "recall": 1.0,
+            "same_as_flat": same,
+        }
+    )
+    print(
+        f"  {'numpy popcount (baseline)':<26} build     0.0 s  {nbit / 8:7.2f} B/code "
+        f"( 1.00x)  batch {nq_np / t_np:9.0f} q/s  (one query at a time, {nq_np} queries; "
+        f"ids and distances equal to IndexBinaryFlat: {same})",
+        flush=True,
+    )
     del flat
 
     auto = index_params("ivf", n)["nlist"]
-    for nlist in (args.nlist or [max(1, round(auto * f)) for f in args.nlist_factors]):
+    for nlist in args.nlist or [max(1, round(auto * f)) for f in args.nlist_factors]:
         t0 = time.perf_counter()
-        ivf = build_index(db, nbit, index_params("ivf", n, nlist=nlist, nprobe=1),
-                          train_per_list=args.train_per_list)
+        ivf = build_index(
+            db,
+            nbit,
+            index_params("ivf", n, nlist=nlist, nprobe=1),
+            train_per_list=args.train_per_list,
+        )
         build_s = time.perf_counter() - t0
         for nprobe in args.nprobe:
             if nprobe > nlist:
                 continue
             ivf.nprobe = nprobe
-            row, _ = measure(f"IndexBinaryIVF {nlist}/{nprobe}", ivf, n, nbit, queries, k,
-                             args.single, args.repeats, D_exact, build_s)
+            row, _ = measure(
+                f"IndexBinaryIVF {nlist}/{nprobe}",
+                ivf,
+                n,
+                nbit,
+                queries,
+                k,
+                args.single,
+                args.repeats,
+                D_exact,
+                build_s,
+            )
             rows.append({**row, "nlist": nlist, "nprobe": nprobe})
         del ivf
 
@@ -171,8 +226,18 @@ def bench_size(n, args, rng) -> dict:
         build_s = time.perf_counter() - t0
         for ef in args.ef_search:
             hnsw.hnsw.efSearch = max(ef, k)
-            row, _ = measure(f"IndexBinaryHNSW {args.hnsw_m}/{ef}", hnsw, n, nbit, queries, k,
-                             args.single, args.repeats, D_exact, build_s)
+            row, _ = measure(
+                f"IndexBinaryHNSW {args.hnsw_m}/{ef}",
+                hnsw,
+                n,
+                nbit,
+                queries,
+                k,
+                args.single,
+                args.repeats,
+                D_exact,
+                build_s,
+            )
             rows.append({**row, "M": args.hnsw_m, "efSearch": ef})
         del hnsw
 
@@ -182,16 +247,27 @@ def bench_size(n, args, rng) -> dict:
     good = [r for r in rows[2:] if r["recall"] >= GOAL_10M_RECALL and r["kth"] >= GOAL_10M_RECALL]
     if good:
         top = max(good, key=lambda r: r["qps_batch"])
-        print(f"  fastest setting with kth and recall >= {GOAL_10M_RECALL}: {top['index']}, "
-              f"{top['qps_batch']:.0f} q/s ({top['qps_batch'] / flat_qps:.1f}x IndexBinaryFlat),"
-              f" {top['bytes_per_code'] / (nbit / 8):.3f}x nbit/8 bytes per code")
+        print(
+            f"  fastest setting with kth and recall >= {GOAL_10M_RECALL}: {top['index']}, "
+            f"{top['qps_batch']:.0f} q/s ({top['qps_batch'] / flat_qps:.1f}x IndexBinaryFlat),"
+            f" {top['bytes_per_code'] / (nbit / 8):.3f}x nbit/8 bytes per code"
+        )
     else:
         print(f"  no approximate setting reaches kth and recall >= {GOAL_10M_RECALL}")
     if n >= 10_000_000:
         fast = [r for r in good if r["qps_batch"] >= GOAL_10M_QPS]
-        print(f"  goal at 10M, kth >= {GOAL_10M_RECALL} at >= {GOAL_10M_QPS:,} q/s: "
-              + (", ".join(f"met by {r['index']} ({r['bytes_per_code'] / (nbit / 8):.3f}x "
-                           f"nbit/8 bytes per code)" for r in fast) if fast else "NOT met"))
+        print(
+            f"  goal at 10M, kth >= {GOAL_10M_RECALL} at >= {GOAL_10M_QPS:,} q/s: "
+            + (
+                ", ".join(
+                    f"met by {r['index']} ({r['bytes_per_code'] / (nbit / 8):.3f}x "
+                    f"nbit/8 bytes per code)"
+                    for r in fast
+                )
+                if fast
+                else "NOT met"
+            )
+        )
     return {"n": n, "nbit": nbit, "k": k, "queries": len(queries), "rows": rows}
 
 
@@ -202,14 +278,29 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--queries", type=int, default=5_000, help="batch of queries")
     parser.add_argument("--single", type=int, default=200, help="queries timed one per call")
-    parser.add_argument("--numpy-queries", type=int, default=100,
-                        help="queries of the NumPy baseline (it is slow)")
-    parser.add_argument("--nlist", type=int, nargs="*", default=None,
-                        help="IVF list counts (default: --nlist-factors x index_params' rule)")
-    parser.add_argument("--nlist-factors", type=float, nargs="+", default=[0.25, 1],
-                        help="IVF list counts as multiples of index_params' rule for each size")
-    parser.add_argument("--train-per-list", type=int, default=64,
-                        help="IVF k-means sample per list (faiss's default 256 takes ~4x longer)")
+    parser.add_argument(
+        "--numpy-queries", type=int, default=100, help="queries of the NumPy baseline (it is slow)"
+    )
+    parser.add_argument(
+        "--nlist",
+        type=int,
+        nargs="*",
+        default=None,
+        help="IVF list counts (default: --nlist-factors x index_params' rule)",
+    )
+    parser.add_argument(
+        "--nlist-factors",
+        type=float,
+        nargs="+",
+        default=[0.25, 1],
+        help="IVF list counts as multiples of index_params' rule for each size",
+    )
+    parser.add_argument(
+        "--train-per-list",
+        type=int,
+        default=64,
+        help="IVF k-means sample per list (faiss's default 256 takes ~4x longer)",
+    )
     parser.add_argument("--nprobe", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     parser.add_argument("--ef-search", type=int, nargs="+", default=[16, 64, 128, 256])
     parser.add_argument("--hnsw-m", type=int, default=32)

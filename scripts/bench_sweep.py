@@ -37,9 +37,20 @@ def sweep(folder: Path, launcher: list[str], overrides: list[str]) -> tuple[floa
     env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
     env.pop("OMP_NUM_THREADS", None)  # both settings choose their threads themselves
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(REPO / "main_v2.py"), "-m", *launcher,
-                             *overrides, f"hydra.sweep.dir={folder}"], cwd=folder.parent,
-                            env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "main_v2.py"),
+            "-m",
+            *launcher,
+            *overrides,
+            f"hydra.sweep.dir={folder}",
+        ],
+        cwd=folder.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"error: the sweep in {folder} failed:\n{result.stderr[-2000:]}")
@@ -57,9 +68,13 @@ def one_run(folder: Path, overrides: list[str], processes: int) -> tuple[float, 
         runner += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
     started = time.perf_counter()
-    result = subprocess.run([*runner, str(REPO / "main_v2.py"), *overrides,
-                             f"hydra.run.dir={folder}"], cwd=folder.parent, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [*runner, str(REPO / "main_v2.py"), *overrides, f"hydra.run.dir={folder}"],
+        cwd=folder.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"error: the run in {folder} failed:\n{result.stderr[-2000:]}")
@@ -71,49 +86,82 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 runs of 1 epoch each way")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--jobs", type=int, default=available_cores(),
-                        help="parallel jobs of the joblib sweep (default: one per core)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=available_cores(),
+        help="parallel jobs of the joblib sweep (default: one per core)",
+    )
     parser.add_argument("--logdir", default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args(argv)
-    grid = ["model.nbit=16,32", "seed=1"] if args.quick else ["model.nbit=16,32,64,128",
-                                                               "seed=1,2"]
+    grid = ["model.nbit=16,32", "seed=1"] if args.quick else ["model.nbit=16,32,64,128", "seed=1,2"]
     epochs = 1 if args.quick else args.epochs
-    overrides = ["model=sdc", "dataset=digits", f"epochs={epochs}", "eval_interval=0",
-                 "progress=false", *grid]
+    overrides = [
+        "model=sdc",
+        "dataset=digits",
+        f"epochs={epochs}",
+        "eval_interval=0",
+        "progress=false",
+        *grid,
+    ]
     cores = available_cores()
 
     def run(folder: Path) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         seq_s, seq_maps = sweep(folder / "sequential", [f"threads={cores}"], overrides)
-        par_s, par_maps = sweep(folder / "joblib", ["hydra/launcher=joblib",
-                                                    f"hydra.launcher.n_jobs={args.jobs}",
-                                                    "threads=auto"], overrides)
+        par_s, par_maps = sweep(
+            folder / "joblib",
+            ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", "threads=auto"],
+            overrides,
+        )
         runs = len(seq_maps)
         if runs == 0 or seq_maps.keys() != par_maps.keys():
             raise SystemExit("error: the two sweeps did not finish the same runs")
         diff = max(abs(seq_maps[k] - par_maps[k]) for k in seq_maps)
-        out = {"runs": runs, "cores": cores, "jobs": args.jobs, "epochs": epochs,
-               "sequential_s": seq_s, "joblib_s": par_s,
-               "sequential_runs_per_hour": runs * 3600 / seq_s,
-               "joblib_runs_per_hour": runs * 3600 / par_s, "ratio": seq_s / par_s,
-               "max_map_difference": diff}
-        print(f"sweep: {runs} runs (SDC, digits, {epochs} epochs), {cores} cores, "
-              f"load average {os.getloadavg()[0]:.1f} at the end")
-        print(f"  sequential, threads={cores} per run : {seq_s:7.1f} s  "
-              f"{out['sequential_runs_per_hour']:7.1f} runs/hour")
-        print(f"  joblib n_jobs={args.jobs}, threads=auto  : {par_s:7.1f} s  "
-              f"{out['joblib_runs_per_hour']:7.1f} runs/hour")
-        print(f"  ratio: {out['ratio']:.2f}x   largest mAP difference between the two: {diff:.2e}"
-              " (thread counts change float summation order)")
+        out = {
+            "runs": runs,
+            "cores": cores,
+            "jobs": args.jobs,
+            "epochs": epochs,
+            "sequential_s": seq_s,
+            "joblib_s": par_s,
+            "sequential_runs_per_hour": runs * 3600 / seq_s,
+            "joblib_runs_per_hour": runs * 3600 / par_s,
+            "ratio": seq_s / par_s,
+            "max_map_difference": diff,
+        }
+        print(
+            f"sweep: {runs} runs (SDC, digits, {epochs} epochs), {cores} cores, "
+            f"load average {os.getloadavg()[0]:.1f} at the end"
+        )
+        print(
+            f"  sequential, threads={cores} per run : {seq_s:7.1f} s  "
+            f"{out['sequential_runs_per_hour']:7.1f} runs/hour"
+        )
+        print(
+            f"  joblib n_jobs={args.jobs}, threads=auto  : {par_s:7.1f} s  "
+            f"{out['joblib_runs_per_hour']:7.1f} runs/hour"
+        )
+        print(
+            f"  ratio: {out['ratio']:.2f}x   largest mAP difference between the two: {diff:.2e}"
+            " (thread counts change float summation order)"
+        )
         single = [o for o in overrides if not o.startswith(("model.nbit=", "seed="))]
         single += ["model.nbit=64", "seed=1", "threads=1"]
         one_s, one_map = one_run(folder / "one_process", single, 1)
         two_s, two_map = one_run(folder / "torchrun_2", single, 2)
-        out.update({"one_process_s": one_s, "torchrun_2_s": two_s,
-                    "torchrun_map_difference": abs(one_map - two_map)})
+        out.update(
+            {
+                "one_process_s": one_s,
+                "torchrun_2_s": two_s,
+                "torchrun_map_difference": abs(one_map - two_map),
+            }
+        )
         print(f"one run, 1 process : {one_s:6.1f} s  mAP {one_map:.4f}")
-        print(f"one run, torchrun 2 CPU processes (gloo): {two_s:6.1f} s  mAP {two_map:.4f}  "
-              f"({two_s / one_s:.2f}x the time: process start-up and the gathers; no goal on CPU)")
+        print(
+            f"one run, torchrun 2 CPU processes (gloo): {two_s:6.1f} s  mAP {two_map:.4f}  "
+            f"({two_s / one_s:.2f}x the time: process start-up and the gathers; no goal on CPU)"
+        )
         return out
 
     return run_in_scratch(args.logdir, run)

@@ -33,10 +33,21 @@ def timed_run(threads: str, epochs: int, folder: Path) -> float:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("OMP_NUM_THREADS", None)
     result = subprocess.run(
-        [sys.executable, str(REPO / "main_v2.py"), f"threads={threads}", f"epochs={epochs}",
-         "eval_interval=0", "progress=false", f"data_dir={folder / 'data'}",
-         f"hydra.run.dir={folder / f'run_{threads}_{os.urandom(3).hex()}'}"],
-        cwd=folder, env=env, capture_output=True, text=True)
+        [
+            sys.executable,
+            str(REPO / "main_v2.py"),
+            f"threads={threads}",
+            f"epochs={epochs}",
+            "eval_interval=0",
+            "progress=false",
+            f"data_dir={folder / 'data'}",
+            f"hydra.run.dir={folder / f'run_{threads}_{os.urandom(3).hex()}'}",
+        ],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     match = re.search(r"^time: ([\d.]+) s", result.stdout, re.M)
     if result.returncode != 0 or not match:
         raise SystemExit(f"error: threads={threads} failed:\n{result.stderr[-2000:]}")
@@ -51,8 +62,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--busy", type=int, nargs="*", default=[1, 2],
-                        help="numbers of busy processes to run beside (default: 1 2)")
+    parser.add_argument(
+        "--busy",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="numbers of busy processes to run beside (default: 1 2)",
+    )
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args(argv)
     if args.quick:
@@ -65,8 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
         quiet = measure([*fixed, "auto"], args.epochs, args.repeats, folder)
         best = min(quiet[s] for s in fixed)
         print(f"SDC on digits, {args.epochs} epochs, {cores} cores, seconds (train + eval)")
-        print("  quiet: " + ", ".join(f"threads={s} {t:.1f}" for s, t in quiet.items())
-              + f"   auto / best fixed = {quiet['auto'] / best:.2f}")
+        print(
+            "  quiet: "
+            + ", ".join(f"threads={s} {t:.1f}" for s, t in quiet.items())
+            + f"   auto / best fixed = {quiet['auto'] / best:.2f}"
+        )
         results["quiet"] = quiet
         for n in args.busy:
             env = dict(os.environ, OMP_NUM_THREADS=str(cores))
@@ -77,9 +96,11 @@ def main(argv: list[str] | None = None) -> dict:
                 for process in busy:
                     process.kill()
                     process.wait()
-            print(f"  beside {n} busy process(es): threads={cores} (old default) "
-                  f"{loaded[str(cores)]:.1f}, auto {loaded['auto']:.1f}   "
-                  f"speed-up {loaded[str(cores)] / loaded['auto']:.1f}x")
+            print(
+                f"  beside {n} busy process(es): threads={cores} (old default) "
+                f"{loaded[str(cores)]:.1f}, auto {loaded['auto']:.1f}   "
+                f"speed-up {loaded[str(cores)] / loaded['auto']:.1f}x"
+            )
             results[f"busy{n}"] = loaded
     return results
 

@@ -69,8 +69,12 @@ def bench(overrides: list[str], logdir: Path, live_batches: int, cached_epochs: 
     optimizer = build.build_optimizer(cfg, trainer.model)
     time_batches(trainer, optimizer, 1)  # warm-up (allocations, worker start)
     seconds, steps, total = time_batches(trainer, optimizer, live_batches)
-    results.update(live_steps=steps, steps_per_epoch=total, live_measured_s=seconds,
-                   live_epoch_s=seconds / steps * total)
+    results.update(
+        live_steps=steps,
+        steps_per_epoch=total,
+        live_measured_s=seconds,
+        live_epoch_s=seconds / steps * total,
+    )
     del trainer, optimizer
     # feature cache
     cfg = compose([*overrides, "feature_cache=on", f"logdir={logdir / 'cached'}"])
@@ -93,18 +97,20 @@ def bench(overrides: list[str], logdir: Path, live_batches: int, cached_epochs: 
 
 def report(r: dict, setting: str) -> str:
     n_epochs = r["epochs"]
-    return "\n".join([
-        f"setting: {setting}",
-        f"live frozen backbone: {r['live_measured_s']:.2f} s for {r['live_steps']} of "
-        f"{r['steps_per_epoch']} batches -> {r['live_epoch_s']:.1f} s per epoch "
-        "(extrapolated from those batches)",
-        f"feature cache:        {r['cached_epoch_s']:.3f} s per epoch (whole epochs, best of "
-        f"the measured ones); one-time cache build/load {r['cache_build_s']:.1f} s",
-        f"ratio live / cached:  {r['ratio']:.0f}x",
-        f"final evaluation from the cache: {r['cached_eval_s']:.1f} s; projected {n_epochs} "
-        f"epochs + final evaluation: {n_epochs * r['cached_epoch_s'] + r['cached_eval_s']:.0f} s "
-        "(after the one-time extraction)",
-    ])
+    return "\n".join(
+        [
+            f"setting: {setting}",
+            f"live frozen backbone: {r['live_measured_s']:.2f} s for {r['live_steps']} of "
+            f"{r['steps_per_epoch']} batches -> {r['live_epoch_s']:.1f} s per epoch "
+            "(extrapolated from those batches)",
+            f"feature cache:        {r['cached_epoch_s']:.3f} s per epoch (whole epochs, best of "
+            f"the measured ones); one-time cache build/load {r['cache_build_s']:.1f} s",
+            f"ratio live / cached:  {r['ratio']:.0f}x",
+            f"final evaluation from the cache: {r['cached_eval_s']:.1f} s; projected {n_epochs} "
+            f"epochs + final evaluation: {n_epochs * r['cached_epoch_s'] + r['cached_eval_s']:.0f} s "
+            "(after the one-time extraction)",
+        ]
+    )
 
 
 def run_in_scratch(logdir: str | None, run):
@@ -120,8 +126,11 @@ def run_in_scratch(logdir: str | None, run):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: backbone=tiny dataset=digits, 2 live batches, 1 epoch")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: backbone=tiny dataset=digits, 2 live batches, 1 epoch",
+    )
     parser.add_argument("--data-dir", default=str(REPO / "data"))
     parser.add_argument("--logdir", default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--live-batches", type=int, default=10)
@@ -134,8 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         base = ["model=sdc", "model.nbit=64", "dataset=cifar10", "backbone=efficientnet_lite0"]
     overrides = [*base, f"data_dir={args.data_dir}", "progress=false", *args.overrides]
-    results = run_in_scratch(args.logdir, lambda folder: bench(
-        overrides, folder, args.live_batches, args.cached_epochs))
+    results = run_in_scratch(
+        args.logdir, lambda folder: bench(overrides, folder, args.live_batches, args.cached_epochs)
+    )
     print(report(results, " ".join(overrides)) + f"\ntorch threads: {torch.get_num_threads()}")
     return results
 

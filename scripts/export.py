@@ -26,10 +26,18 @@ from utils.compose.search import export_run, parse_settings  # noqa: E402
 from utils.errors import exit_on_user_error  # noqa: E402
 
 SETTINGS = {  # key: (type, default); ... = required. Index defaults: utils.code_index.index_params
-    "logdir": (str, ...), "checkpoint": (str, "best"), "index_type": (str, "flat"),
-    "nlist": (int, None), "nprobe": (int, None), "M": (int, None),
-    "efConstruction": (int, None), "efSearch": (int, None), "data_dir": (str, None),
-    "device": (str, "auto"), "batch_size": (int, None), "progress": (bool, True),
+    "logdir": (str, ...),
+    "checkpoint": (str, "best"),
+    "index_type": (str, "flat"),
+    "nlist": (int, None),
+    "nprobe": (int, None),
+    "M": (int, None),
+    "efConstruction": (int, None),
+    "efSearch": (int, None),
+    "data_dir": (str, None),
+    "device": (str, "auto"),
+    "batch_size": (int, None),
+    "progress": (bool, True),
 }
 
 
@@ -42,11 +50,20 @@ def main(argv=None):
     s = parse_settings(argv, SETTINGS)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its "Loading faiss" lines
-    target = export_run(s["logdir"], checkpoint=s["checkpoint"], index_type=s["index_type"],
-                        nlist=s["nlist"], nprobe=s["nprobe"], M=s["M"],
-                        ef_construction=s["efConstruction"], ef_search=s["efSearch"],
-                        data_dir=s["data_dir"], device=s["device"], batch_size=s["batch_size"],
-                        progress=s["progress"])
+    target = export_run(
+        s["logdir"],
+        checkpoint=s["checkpoint"],
+        index_type=s["index_type"],
+        nlist=s["nlist"],
+        nprobe=s["nprobe"],
+        M=s["M"],
+        ef_construction=s["efConstruction"],
+        ef_search=s["efSearch"],
+        data_dir=s["data_dir"],
+        device=s["device"],
+        batch_size=s["batch_size"],
+        progress=s["progress"],
+    )
     print(f"index written to {target}")
     return target
 

@@ -79,11 +79,19 @@ def graph(root: Path = ROOT) -> tuple[Counter, list[str]]:
                 continue
             edges[source, target] += 1
             where = f"{path.relative_to(root)} imports {name}"
-            if source == "utils (leaves)" and target in ("models", "models/loss", "models/layers",
-                                                         "datasets", "utils/compose"):
+            if source == "utils (leaves)" and target in (
+                "models",
+                "models/loss",
+                "models/layers",
+                "datasets",
+                "utils/compose",
+            ):
                 breaches.append(f"{where}: a leaf of utils/ must not import {target}")
-            if source != "utils (leaves)" and source.startswith(("datasets", "models")) \
-                    and target in ("utils/compose", "scripts", "entry points"):
+            if (
+                source != "utils (leaves)"
+                and source.startswith(("datasets", "models"))
+                and target in ("utils/compose", "scripts", "entry points")
+            ):
                 breaches.append(f"{where}: {source} must not import the composing layer or scripts")
             if source == "datasets" and target.startswith("models"):
                 breaches.append(f"{where}: datasets/ must not import models/")

@@ -48,8 +48,12 @@ def figure_data(run: Path, checkpoint: str, recompute: bool, data_dir: str | Non
 
     cached = run / "plots" / f"figure_data_{checkpoint}.json"
     weights = run / "checkpoints" / f"{checkpoint}.pt"
-    if (not recompute and cached.is_file() and weights.is_file()
-            and cached.stat().st_mtime >= weights.stat().st_mtime):
+    if (
+        not recompute
+        and cached.is_file()
+        and weights.is_file()
+        and cached.stat().st_mtime >= weights.stat().st_mtime
+    ):
         print(f"{run}: figure data from {cached}")
         return json.loads(cached.read_text())
     return validate(val_config(run, checkpoint, data_dir))["figures"]
@@ -59,18 +63,26 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (with config.yaml)")
     parser.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    parser.add_argument("--out", type=Path, help="folder of the compare_*.png figures "
-                                                 "(default: <first run>/plots)")
-    parser.add_argument("--recompute", action="store_true",
-                        help="evaluate again even when plots/figure_data_<ckpt>.json is current")
+    parser.add_argument(
+        "--out", type=Path, help="folder of the compare_*.png figures (default: <first run>/plots)"
+    )
+    parser.add_argument(
+        "--recompute",
+        action="store_true",
+        help="evaluate again even when plots/figure_data_<ckpt>.json is current",
+    )
     parser.add_argument("--data-dir", help="where the data lives now (val.py data_dir=)")
     args = parser.parse_args(argv)
     for run in args.runs:
         if not (run / "config.yaml").is_file():
-            raise UserError(f"{run} is not a run directory (no config.yaml): pass the folders "
-                            "main_v2.py printed")
-    datas = [figure_data(run.resolve(), args.checkpoint, args.recompute, args.data_dir)
-             for run in args.runs]
+            raise UserError(
+                f"{run} is not a run directory (no config.yaml): pass the folders "
+                "main_v2.py printed"
+            )
+    datas = [
+        figure_data(run.resolve(), args.checkpoint, args.recompute, args.data_dir)
+        for run in args.runs
+    ]
     files = [Path(f) for d in datas for f in d["files"]]
     if len(datas) > 1:
         from utils.figures import write_comparison_plots

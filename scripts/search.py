@@ -29,8 +29,13 @@ from utils.compose.search import parse_settings, save_grid, search_run  # noqa: 
 from utils.errors import exit_on_user_error  # noqa: E402
 
 SETTINGS = {  # key: (type, default); ... = required
-    "index": (str, ...), "query": (str, ...), "k": (int, 10), "nprobe": (int, None),
-    "efSearch": (int, None), "logdir": (str, None), "device": (str, "auto"),
+    "index": (str, ...),
+    "query": (str, ...),
+    "k": (int, 10),
+    "nprobe": (int, None),
+    "efSearch": (int, None),
+    "logdir": (str, None),
+    "device": (str, "auto"),
     "batch_size": (int, 64),
 }
 
@@ -56,8 +61,16 @@ def main(argv=None):
     s = parse_settings(args.settings, SETTINGS)
     logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s", stream=sys.stderr)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its "Loading faiss" lines
-    result = search_run(s["index"], s["query"], k=s["k"], logdir=s["logdir"], nprobe=s["nprobe"],
-                        ef_search=s["efSearch"], device=s["device"], batch_size=s["batch_size"])
+    result = search_run(
+        s["index"],
+        s["query"],
+        k=s["k"],
+        logdir=s["logdir"],
+        nprobe=s["nprobe"],
+        ef_search=s["efSearch"],
+        device=s["device"],
+        batch_size=s["batch_size"],
+    )
     if args.json:
         print(json.dumps(result, indent=1))
     else:

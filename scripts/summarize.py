@@ -33,8 +33,11 @@ def find_runs(roots: list[Path]) -> list[Path]:
     for root in roots:
         if not root.exists():
             raise SystemExit(f"error: {root} does not exist")
-        runs.extend(p.parent for p in sorted(root.rglob("metrics.json"))
-                    if (p.parent / "config.yaml").is_file())
+        runs.extend(
+            p.parent
+            for p in sorted(root.rglob("metrics.json"))
+            if (p.parent / "config.yaml").is_file()
+        )
     return runs
 
 
@@ -46,17 +49,26 @@ def load_run(run: Path, checkpoint: str) -> dict:
     fallback = part is None  # no evaluation chose a best checkpoint (e.g. select_on=last)
     part = part or metrics["last"]
     r = key.split("@")[1]
-    return {"method": cfg.model.name, "dataset": cfg.dataset.name, "nbit": int(cfg.model.nbit),
-            "seed": int(cfg.seed), "backbone": str(cfg.backbone._target_).rsplit(".", 1)[-1],
-            "R": r, "map": part[key], "map_tie": part.get(f"mAP_tie@{r}"),
-            "input": cfg.dataset.get("crop"), "fit_seconds": metrics.get("train_seconds"),
-            "seconds": metrics.get("wall_seconds", metrics.get("train_seconds")),
-            "fallback": fallback}
+    return {
+        "method": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "nbit": int(cfg.model.nbit),
+        "seed": int(cfg.seed),
+        "backbone": str(cfg.backbone._target_).rsplit(".", 1)[-1],
+        "R": r,
+        "map": part[key],
+        "map_tie": part.get(f"mAP_tie@{r}"),
+        "input": cfg.dataset.get("crop"),
+        "fit_seconds": metrics.get("train_seconds"),
+        "seconds": metrics.get("wall_seconds", metrics.get("train_seconds")),
+        "fallback": fallback,
+    }
 
 
 FALLBACK_MARK = " †"
-FALLBACK_NOTE = ("† at least one run of this cell has no best checkpoint: its last model is "
-                 "shown instead")
+FALLBACK_NOTE = (
+    "† at least one run of this cell has no best checkpoint: its last model is shown instead"
+)
 
 
 def marked(text: str, group: list[dict]) -> str:
@@ -81,14 +93,18 @@ def table(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["dataset"], row["method"], row["nbit"], row["R"])].append(row)
-    lines = ["| dataset | method | bits | seeds | mAP@R | tie-aware mAP@R | time per run (s) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| dataset | method | bits | seeds | mAP@R | tie-aware mAP@R | time per run (s) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for (dataset, method, nbit, r), group in sorted(groups.items()):
         seeds = ",".join(str(g["seed"]) for g in sorted(group, key=lambda g: g["seed"]))
-        lines.append(f"| {dataset} | {method} | {nbit} | {seeds} | "
-                     f"{marked(mean_std([g['map'] for g in group]), group)} (R={r}) | "
-                     f"{mean_std([g['map_tie'] for g in group])} | "
-                     f"{mean_std([g['seconds'] for g in group], 1)} |")
+        lines.append(
+            f"| {dataset} | {method} | {nbit} | {seeds} | "
+            f"{marked(mean_std([g['map'] for g in group]), group)} (R={r}) | "
+            f"{mean_std([g['map_tie'] for g in group])} | "
+            f"{mean_std([g['seconds'] for g in group], 1)} |"
+        )
     return "\n".join(lines)
 
 
@@ -103,14 +119,24 @@ def pivot(rows: list[dict]) -> str:
         cells: dict[tuple, list[dict]] = defaultdict(list)
         for g in group:
             cells[(g["method"], g["nbit"])].append(g)
-        methods = sorted({g["method"] for g in group},
-                         key=lambda m: -statistics.mean([g["map"] for g in cells[(m, bits[-1])]])
-                         if cells[(m, bits[-1])] else 0.0)
-        out.append(f"{dataset}, backbone {backbone}, input {size} px, mAP@{r} and tie-aware "
-                   f"mAP@{r} in %, mean ± std over seeds (rows ordered by mAP at {bits[-1]} bits)")
+        methods = sorted(
+            {g["method"] for g in group},
+            key=lambda m: (
+                -statistics.mean([g["map"] for g in cells[(m, bits[-1])]])
+                if cells[(m, bits[-1])]
+                else 0.0
+            ),
+        )
+        out.append(
+            f"{dataset}, backbone {backbone}, input {size} px, mAP@{r} and tie-aware "
+            f"mAP@{r} in %, mean ± std over seeds (rows ordered by mAP at {bits[-1]} bits)"
+        )
         out.append("")
-        head = "| method | " + " | ".join(f"{b} bits mAP | {b} bits tie-aware" for b in bits) + \
-            " | seeds | train + eval time per run (s) |"
+        head = (
+            "| method | "
+            + " | ".join(f"{b} bits mAP | {b} bits tie-aware" for b in bits)
+            + " | seeds | train + eval time per run (s) |"
+        )
         out.append(head)
         out.append("|---|" + "---:|---:|" * len(bits) + "---|---:|")
         for method in methods:
@@ -119,8 +145,10 @@ def pivot(rows: list[dict]) -> str:
             line = [method]
             for b in bits:
                 cell = cells[(method, b)]
-                line += [marked(mean_std([g["map"] for g in cell], 1, 100), cell),
-                         mean_std([g["map_tie"] for g in cell], 1, 100)]
+                line += [
+                    marked(mean_std([g["map"] for g in cell], 1, 100), cell),
+                    mean_std([g["map_tie"] for g in cell], 1, 100),
+                ]
             line += [",".join(map(str, seeds)), mean_std([g["fit_seconds"] for g in runs], 0)]
             out.append("| " + " | ".join(line) + " |")
         out.append("")
@@ -130,19 +158,31 @@ def pivot(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="sweep or run folders")
-    parser.add_argument("--checkpoint", choices=["last", "best"], default="last",
-                        help="which model's query metrics to report (default: last)")
+    parser.add_argument(
+        "--checkpoint",
+        choices=["last", "best"],
+        default="last",
+        help="which model's query metrics to report (default: last)",
+    )
     parser.add_argument("--out", type=Path, help="also write the table to this file")
-    parser.add_argument("--pivot", action="store_true",
-                        help="methods x code lengths table per setting (for docs/results.md)")
-    parser.add_argument("--plot", action="store_true",
-                        help="also write mAP against code length per method (std over seeds "
-                             "as error bars) to <first folder>/plots/map_vs_bits.png")
+    parser.add_argument(
+        "--pivot",
+        action="store_true",
+        help="methods x code lengths table per setting (for docs/results.md)",
+    )
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="also write mAP against code length per method (std over seeds "
+        "as error bars) to <first folder>/plots/map_vs_bits.png",
+    )
     args = parser.parse_args(argv)
     runs = find_runs(args.roots)
     if not runs:
-        raise SystemExit(f"error: no finished run (metrics.json + config.yaml) under "
-                         f"{', '.join(map(str, args.roots))}")
+        raise SystemExit(
+            f"error: no finished run (metrics.json + config.yaml) under "
+            f"{', '.join(map(str, args.roots))}"
+        )
     rows = [load_run(run, args.checkpoint) for run in runs]
     text = with_note(pivot(rows) if args.pivot else table(rows), rows)
     print(text)

@@ -41,19 +41,27 @@ def compose(overrides: list[str] | None = None, config_name: str = "train"):
         # engines have their own tests (tests/utils/test_feature_extractor.py)
         overrides.append("feature_extractor=torch")
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        return hydra_compose(config_name=config_name, overrides=overrides,
-                             return_hydra_config=True)
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
 
 
-def run_cli(script: str, args: list[str], cwd: Path, timeout: int = 600,
-            check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(
+    script: str, args: list[str], cwd: Path, timeout: int = 600, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run an entry point as a user would, from ``cwd``; returns the completed process."""
     env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
-    result = subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(args)} failed ({result.returncode}):\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{script} {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -66,8 +74,15 @@ def compose_run(overrides: list[str], tmp_path: Path, name: str = "run"):
     """A composed training config ready for utils.compose.experiment.train, writing under tmp_path."""
     from omegaconf import open_dict
 
-    cfg = compose([f"logdir={tmp_path / name}", f"data_dir={tmp_path / 'data'}",
-                   "progress=false", "num_workers=0", *overrides])
+    cfg = compose(
+        [
+            f"logdir={tmp_path / name}",
+            f"data_dir={tmp_path / 'data'}",
+            "progress=false",
+            "num_workers=0",
+            *overrides,
+        ]
+    )
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg

@@ -10,8 +10,12 @@ from utils.errors import CheckpointError, ConfigError, TrainingError, UserError
 
 
 def fails(args, tmp_path, script="main_v2.py"):
-    result = run_cli(script, [*args, "progress=false", "num_workers=0"] if script == "main_v2.py"
-                     else args, tmp_path, check=False)
+    result = run_cli(
+        script,
+        [*args, "progress=false", "num_workers=0"] if script == "main_v2.py" else args,
+        tmp_path,
+        check=False,
+    )
     assert result.returncode != 0
     return result.stderr
 
@@ -26,8 +30,15 @@ def test_misspelt_key(tmp_path):
 
 
 def test_missing_data_folder_names_the_ways_out(tmp_path):
-    stderr = fails(["dataset=cifar10", "backbone=tiny", f"data_dir={tmp_path / 'nowhere'}",
-                    "dataset.source.download=false"], tmp_path)
+    stderr = fails(
+        [
+            "dataset=cifar10",
+            "backbone=tiny",
+            f"data_dir={tmp_path / 'nowhere'}",
+            "dataset.source.download=false",
+        ],
+        tmp_path,
+    )
     assert stderr.startswith("error: ") and "data_dir" in stderr
     assert "Traceback" not in stderr
 
@@ -62,18 +73,21 @@ def test_odd_batch_for_sdc(tmp_path):
 
 def test_a_loss_setting_the_loss_refuses_is_one_sentence_naming_model_loss(tmp_path):
     # The loss raises a plain ValueError; building it from the config words it for the user.
-    result = run_cli("main_v2.py", ["model.loss.rec_type=l3", "progress=false"], tmp_path,
-                     check=False)
+    result = run_cli(
+        "main_v2.py", ["model.loss.rec_type=l3", "progress=false"], tmp_path, check=False
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "error: Bad setting under model.loss: SDC loss: rec_type 'l3' is not one of l1, l2, hinge"]
+        "error: Bad setting under model.loss: SDC loss: rec_type 'l3' is not one of l1, l2, hinge"
+    ]
 
 
 def test_a_head_setting_the_head_refuses_names_model_head(tmp_path):
     from utils.compose import build
 
-    cfg = compose_run(["model=wch", "backbone=tiny", "dataset=digits", "model.head.tau_w=0"],
-                      tmp_path)
+    cfg = compose_run(
+        ["model=wch", "backbone=tiny", "dataset=digits", "model.head.tau_w=0"], tmp_path
+    )
     with pytest.raises(ConfigError, match=r"^Bad setting under model\.head: WCH: tau_w .* > 0"):
         build.build_model(cfg)
 
@@ -138,24 +152,42 @@ def test_bad_select_on(tmp_path):
 def small_run(tmp_path):
     from utils.compose.experiment import train
 
-    train(compose_run(["dataset.source.train=20", "batch_size=40", "model.nbit=8", "epochs=2",
-                       "eval_interval=1"], tmp_path))
+    train(
+        compose_run(
+            [
+                "dataset.source.train=20",
+                "batch_size=40",
+                "model.nbit=8",
+                "epochs=2",
+                "eval_interval=1",
+            ],
+            tmp_path,
+        )
+    )
     return tmp_path / "run"
 
 
 def snapshot(run: Path) -> dict:
     """The run's files except logs that only grow (main_v2.log, TensorBoard events) and the
     per-invocation Hydra records under .hydra/resumed_*."""
-    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*"))
-            if p.is_file() and "events.out" not in p.name and p.suffix != ".log"
-            and "resumed_" not in str(p)}
+    return {
+        p.relative_to(run): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file()
+        and "events.out" not in p.name
+        and p.suffix != ".log"
+        and "resumed_" not in str(p)
+    }
 
 
-@pytest.mark.parametrize("damaged, words", [
-    ("checkpoints/last.pt", "checkpoints/last.pt is truncated"),
-    ("config.yaml", "config.yaml is not a readable config"),
-    ("train_history.json", "train_history.json is damaged"),
-])
+@pytest.mark.parametrize(
+    "damaged, words",
+    [
+        ("checkpoints/last.pt", "checkpoints/last.pt is truncated"),
+        ("config.yaml", "config.yaml is not a readable config"),
+        ("train_history.json", "train_history.json is damaged"),
+    ],
+)
 def test_resume_of_a_damaged_run_names_the_file_and_changes_nothing(damaged, words, tmp_path):
     from utils.compose.experiment import train
 
@@ -210,8 +242,18 @@ def test_no_space_left_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", disk_full_at_epoch_2)
     with pytest.raises(UserError) as error:
-        train(compose_run(["dataset.source.train=20", "batch_size=40", "model.nbit=8",
-                           "epochs=3", "eval_interval=1"], tmp_path))
+        train(
+            compose_run(
+                [
+                    "dataset.source.train=20",
+                    "batch_size=40",
+                    "model.nbit=8",
+                    "epochs=3",
+                    "eval_interval=1",
+                ],
+                tmp_path,
+            )
+        )
     message = str(error.value)
     assert "last.pt (No space left on device); the previous version is intact" in message
     assert "resume=" in message
@@ -228,8 +270,16 @@ def test_every_file_writer_goes_through_the_atomic_helper():
         if path.is_relative_to(REPO / "tests") or path.name == "checkpoint.py":
             continue
         text = path.read_text()
-        for needle in (".write_text(", ".write_bytes(", 'open(tmp', '"wb")', "os.replace(",
-                       "np.save(", "np.savez(", "torch.save("):
+        for needle in (
+            ".write_text(",
+            ".write_bytes(",
+            "open(tmp",
+            '"wb")',
+            "os.replace(",
+            "np.save(",
+            "np.savez(",
+            "torch.save(",
+        ):
             if needle in text:
                 offenders.append(f"{path.relative_to(REPO)}: {needle}")
     assert offenders == []
@@ -238,7 +288,9 @@ def test_every_file_writer_goes_through_the_atomic_helper():
 def test_a_required_value_left_unset_is_one_sentence(tmp_path):
     # dataset=features needs its features_size and its file: ??? in the config
     stderr = fails(["dataset=features"], tmp_path)
-    assert stderr.startswith("error: dataset.features_size has no value") and "Traceback" not in stderr
+    assert (
+        stderr.startswith("error: dataset.features_size has no value") and "Traceback" not in stderr
+    )
     stderr = fails(["dataset=features", "dataset.features_size=12"], tmp_path)
     assert stderr.startswith("error: dataset.source.path has no value")
     assert "dataset.source.path=<value>" in stderr and "Traceback" not in stderr

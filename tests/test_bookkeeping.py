@@ -23,11 +23,15 @@ def scripted(monkeypatch, val_scores=None, query_scores=None):
     from models.trainers.base import Trainer
 
     if val_scores is not None:
-        monkeypatch.setattr(Trainer, "evaluate_validation",
-                            lambda self: val_scores[len(self.recorder.test_history)])
+        monkeypatch.setattr(
+            Trainer, "evaluate_validation", lambda self: val_scores[len(self.recorder.test_history)]
+        )
     if query_scores is not None:
-        monkeypatch.setattr(Trainer, "evaluate",
-                            lambda self: {"mAP@100": query_scores[len(self.recorder.test_history)]})
+        monkeypatch.setattr(
+            Trainer,
+            "evaluate",
+            lambda self: {"mAP@100": query_scores[len(self.recorder.test_history)]},
+        )
 
 
 def interrupt_at_epoch(monkeypatch, epoch_index: int):
@@ -107,7 +111,11 @@ def test_resume_drops_history_rows_written_after_the_checkpoint(tmp_path, monkey
         train(compose_run(overrides, tmp_path, "broken"))
     monkeypatch.undo()
     broken = tmp_path / "broken"
-    assert [r["epoch"] for r in json.loads((broken / "train_history.json").read_text())] == [1, 2, 3]
+    assert [r["epoch"] for r in json.loads((broken / "train_history.json").read_text())] == [
+        1,
+        2,
+        3,
+    ]
     train(compose_run([f"resume={broken}"], tmp_path, "ignored"))
     for name in ("train_history.json", "test_history.json"):
         rows = json.loads((broken / name).read_text())
@@ -136,20 +144,24 @@ def test_a_batch_as_large_as_the_training_split_works_and_one_more_item_does_not
     from utils.compose.experiment import build_trainer
 
     # dataset.source.train=20 -> 200 training images
-    trainer = build_trainer(compose_run(["dataset.source.train=20", "batch_size=200"], tmp_path),
-                            tmp_path / "run")
+    trainer = build_trainer(
+        compose_run(["dataset.source.train=20", "batch_size=200"], tmp_path), tmp_path / "run"
+    )
     assert len(trainer.data.train) == 200
     with pytest.raises(ConfigError, match="fewer than one batch"):
-        build_trainer(compose_run(["dataset.source.train=20", "batch_size=202"], tmp_path),
-                      tmp_path / "run2")
+        build_trainer(
+            compose_run(["dataset.source.train=20", "batch_size=202"], tmp_path), tmp_path / "run2"
+        )
 
 
 def test_batch_of_201_for_200_items_is_refused(tmp_path):
     from utils.compose.experiment import build_trainer
 
     with pytest.raises(ConfigError, match="200 items, fewer than one batch"):
-        build_trainer(compose_run(["dataset.source.train=20", "batch_size=201",
-                                   "model=bihalf"], tmp_path), tmp_path / "run")
+        build_trainer(
+            compose_run(["dataset.source.train=20", "batch_size=201", "model=bihalf"], tmp_path),
+            tmp_path / "run",
+        )
 
 
 # ---------------------------------------------------------------------------- seeds
@@ -172,8 +184,10 @@ def test_seeds_2_32_apart_give_different_runs(tmp_path):
 
     heads, orders = [], []
     for seed in (1, 1 + 2**32):
-        trainer = build_trainer(compose_run(["dataset.source.train=20", f"seed={seed}"],
-                                            tmp_path), tmp_path / f"run{seed}")
+        trainer = build_trainer(
+            compose_run(["dataset.source.train=20", f"seed={seed}"], tmp_path),
+            tmp_path / f"run{seed}",
+        )
         heads.append(trainer.model.head.state_dict())
         orders.append(next(iter(trainer.train_loader(0)))[2])  # item indices of batch 1
     assert not all(torch.equal(a, b) for a, b in zip(heads[0].values(), heads[1].values()))
@@ -186,8 +200,12 @@ def test_unavailable_or_unknown_devices_are_one_sentence(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    for name, words in [("mps", "MPS is not available"), ("cuda", "CUDA is not available"),
-                        ("cuda:1", "CUDA is not available"), ("gpu0", "not a device name")]:
+    for name, words in [
+        ("mps", "MPS is not available"),
+        ("cuda", "CUDA is not available"),
+        ("cuda:1", "CUDA is not available"),
+        ("gpu0", "not a device name"),
+    ]:
         with pytest.raises(ConfigError, match=words):
             resolve_device(name)
     assert resolve_device("auto") == torch.device("cpu")
@@ -208,17 +226,24 @@ def test_auto_picks_cuda_then_mps(monkeypatch):
 def test_device_mps_on_the_command_line_is_one_line(tmp_path):
     if torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
-    result = run_cli("main_v2.py", ["device=mps", "epochs=1", f"data_dir={tmp_path}"], tmp_path,
-                     check=False)
+    result = run_cli(
+        "main_v2.py", ["device=mps", "epochs=1", f"data_dir={tmp_path}"], tmp_path, check=False
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: device=mps but MPS is not available here: use "
-                                     "device=auto or device=cpu")
+    assert result.stderr.strip() == (
+        "error: device=mps but MPS is not available here: use device=auto or device=cpu"
+    )
 
 
 # ---------------------------------------------------------------------------- progress output
 def test_progress_off_a_terminal_is_one_line_per_epoch(tmp_path):
-    args = ["epochs=3", "eval_interval=0", "dataset.source.train=20", "batch_size=20",
-            f"data_dir={tmp_path / 'data'}"]
+    args = [
+        "epochs=3",
+        "eval_interval=0",
+        "dataset.source.train=20",
+        "batch_size=20",
+        f"data_dir={tmp_path / 'data'}",
+    ]
     auto = run_cli("main_v2.py", args, tmp_path)  # stderr is a pipe, not a terminal
     assert "it/s" not in auto.stderr and "%|" not in auto.stderr  # no tqdm bar at all
     output = (auto.stdout + auto.stderr).splitlines()
@@ -243,8 +268,12 @@ def test_progress_setting_values(monkeypatch):
 def test_zero_relevant_is_a_setting_of_training_and_of_val(tmp_path):
     from utils.compose.experiment import train, validate
 
-    metrics = train(compose_run(["dataset.source.train=20", "epochs=1", "model.nbit=8",
-                                 "dataset.R=1", "ks=[1]"], tmp_path))
+    metrics = train(
+        compose_run(
+            ["dataset.source.train=20", "epochs=1", "model.nbit=8", "dataset.R=1", "ks=[1]"],
+            tmp_path,
+        )
+    )
     counted = metrics["last"]["mAP@1"]
     hit_rate = metrics["last"]["HitRate@1"]
     assert counted == pytest.approx(hit_rate) and 0 < counted < 1
@@ -255,8 +284,11 @@ def test_zero_relevant_is_a_setting_of_training_and_of_val(tmp_path):
     again = validate(val_config(tmp_path / "run", "checkpoint=last"))
     assert again["mAP@1"] == counted
     with pytest.raises(ConfigError, match="zero_relevant"):
-        train(compose_run(["dataset.source.train=20", "epochs=1", "zero_relevant=drop"],
-                          tmp_path, "bad"))
+        train(
+            compose_run(
+                ["dataset.source.train=20", "epochs=1", "zero_relevant=drop"], tmp_path, "bad"
+            )
+        )
 
 
 # ---------------------------------------------------------------------------- resume overrides
@@ -282,11 +314,15 @@ def test_resume_refuses_overrides_it_would_ignore(tmp_path):
     run = tmp_path / "run"
     before = (run / "config.yaml").read_text()
     with pytest.raises(ConfigError, match=r"ignored: model\.nbit, optim\.lr; only epochs"):
-        train(compose_run([f"resume={run}"], tmp_path, "x"),
-              overrides=[f"resume={run}", "model.nbit=32", "optim.lr=0.1", "epochs=5"])
+        train(
+            compose_run([f"resume={run}"], tmp_path, "x"),
+            overrides=[f"resume={run}", "model.nbit=32", "optim.lr=0.1", "epochs=5"],
+        )
     with pytest.raises(ConfigError, match="epochs >= 1"):
-        train(compose_run([f"resume={run}", "epochs=0"], tmp_path, "x"),
-              overrides=[f"resume={run}", "epochs=0"])
+        train(
+            compose_run([f"resume={run}", "epochs=0"], tmp_path, "x"),
+            overrides=[f"resume={run}", "epochs=0"],
+        )
     assert (run / "config.yaml").read_text() == before
 
 
@@ -311,11 +347,21 @@ def test_protocol_on_a_dataset_without_protocols_is_one_sentence(tmp_path):
 def test_data_dir_move_respects_path_boundaries():
     from utils.compose.experiment import _replace_prefix
 
-    source = {"root": "/data/cifar10", "other": "/data2/cifar10", "same": "/data",
-              "list": ["/data/a.txt", "/datasets/b.txt"], "n": 3}
+    source = {
+        "root": "/data/cifar10",
+        "other": "/data2/cifar10",
+        "same": "/data",
+        "list": ["/data/a.txt", "/datasets/b.txt"],
+        "n": 3,
+    }
     moved = _replace_prefix(source, "/data", "/mnt/new")
-    assert moved == {"root": "/mnt/new/cifar10", "other": "/data2/cifar10", "same": "/mnt/new",
-                     "list": ["/mnt/new/a.txt", "/datasets/b.txt"], "n": 3}
+    assert moved == {
+        "root": "/mnt/new/cifar10",
+        "other": "/data2/cifar10",
+        "same": "/mnt/new",
+        "list": ["/mnt/new/a.txt", "/datasets/b.txt"],
+        "n": 3,
+    }
     assert _replace_prefix(source, "/data/", "/mnt/new/")["root"] == "/mnt/new/cifar10"
 
 
@@ -325,12 +371,25 @@ def test_two_view_method_on_a_feature_dataset_is_refused(tmp_path):
 
     rng = np.random.RandomState(0)
     path = tmp_path / "feats.npz"
-    np.savez(path, **{f"{s}_features": rng.randn(n, 12).astype(np.float32)
-                      for s, n in (("train", 64), ("query", 10), ("database", 64))},
-             **{f"{s}_labels": rng.randint(0, 3, n) for s, n in
-                (("train", 64), ("query", 10), ("database", 64))})
-    common = ["dataset=features", f"dataset.source.path={path}", "dataset.features_size=12",
-              "dataset.nclass=3", "batch_size=16", "dataset.R=10"]
+    np.savez(
+        path,
+        **{
+            f"{s}_features": rng.randn(n, 12).astype(np.float32)
+            for s, n in (("train", 64), ("query", 10), ("database", 64))
+        },
+        **{
+            f"{s}_labels": rng.randint(0, 3, n)
+            for s, n in (("train", 64), ("query", 10), ("database", 64))
+        },
+    )
+    common = [
+        "dataset=features",
+        f"dataset.source.path={path}",
+        "dataset.features_size=12",
+        "dataset.nclass=3",
+        "batch_size=16",
+        "dataset.R=10",
+    ]
     build_trainer(compose_run([*common, "model=sdc"], tmp_path), tmp_path / "ok")
     for method in ("cibhash", "sdc_simclr"):
         with pytest.raises(ConfigError, match="views would be identical"):
@@ -357,17 +416,21 @@ def test_auto_precision_is_bf16_on_a_gpu_that_has_it(monkeypatch):
     assert resolve_precision("auto", torch.device("cuda")) == "32"
 
 
-@pytest.mark.parametrize("precision, dtype", [("32", torch.float32), ("bf16", torch.bfloat16),
-                                              ("16-mixed", torch.float16)])
+@pytest.mark.parametrize(
+    "precision, dtype",
+    [("32", torch.float32), ("bf16", torch.bfloat16), ("16-mixed", torch.float16)],
+)
 def test_training_step_runs_under_the_precision(precision, dtype, tmp_path, monkeypatch):
     from models.loss.sdc import SDCLoss
     from utils.compose.experiment import train
 
     seen = []
     original = SDCLoss.forward
-    monkeypatch.setattr(SDCLoss, "forward",
-                        lambda self, features, codes: seen.append(codes.dtype) or
-                        original(self, features, codes))
+    monkeypatch.setattr(
+        SDCLoss,
+        "forward",
+        lambda self, features, codes: seen.append(codes.dtype) or original(self, features, codes),
+    )
     train(compose_run([*SMALL, "epochs=1", f"precision={precision}"], tmp_path))
     assert seen and set(seen) == {dtype}
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
@@ -378,8 +441,9 @@ def test_training_step_runs_under_the_precision(precision, dtype, tmp_path, monk
 def test_channels_last_inputs_when_the_backbone_is_a_cnn(tmp_path):
     from utils.compose.experiment import build_trainer
 
-    trainer = build_trainer(compose_run(["dataset.source.train=20", "backbone=tiny"], tmp_path),
-                            tmp_path / "run")
+    trainer = build_trainer(
+        compose_run(["dataset.source.train=20", "backbone=tiny"], tmp_path), tmp_path / "run"
+    )
     assert trainer.channels_last is False  # CPU: no conversion
     trainer.channels_last = True  # what CUDA with a Conv2d backbone sets
     images = trainer.to_device([torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)])

@@ -1,13 +1,15 @@
 """Every config in every group composes; every method instantiates with the tiny backbone."""
 
-
 import pytest
 
 from conftest import REPO, compose
 
 GROUPS = ["model", "dataset", "backbone", "transforms", "optim", "scheduler"]
-CHOICES = [(group, path.stem) for group in GROUPS
-           for path in sorted((REPO / "configs" / group).glob("*.yaml"))]
+CHOICES = [
+    (group, path.stem)
+    for group in GROUPS
+    for path in sorted((REPO / "configs" / group).glob("*.yaml"))
+]
 METHODS = sorted(p.stem for p in (REPO / "configs" / "model").glob("*.yaml"))
 
 
@@ -83,9 +85,13 @@ def test_every_experiment_preset_composes_and_names_its_source(name):
 
 
 def test_presets_cover_the_reference_fine_tuned_settings():
-    assert {"ugh_finetune_cifar10_vgg16", "bihalf_finetune_cifar10_vgg16",
-            "cibhash_finetune_cifar10_vgg16", "sdc_cifar10_vgg16",
-            "sdc_simclr_cifar10_vgg16"} <= set(EXPERIMENTS)
+    assert {
+        "ugh_finetune_cifar10_vgg16",
+        "bihalf_finetune_cifar10_vgg16",
+        "cibhash_finetune_cifar10_vgg16",
+        "sdc_cifar10_vgg16",
+        "sdc_simclr_cifar10_vgg16",
+    } <= set(EXPERIMENTS)
 
 
 def test_debug_fast_preset_trims_every_split_reproducibly(tmp_path):

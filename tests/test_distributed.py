@@ -28,23 +28,35 @@ import torch
 from conftest import REPO, val_config
 
 # digits: 1,597 training images, so a global batch of 64 gives 24 steps per epoch
-COMMON = ["model.nbit=16", "batch_size=64", "epochs=3", "eval_interval=1", "progress=false",
-          "num_workers=0", "threads=1"]
+COMMON = [
+    "model.nbit=16",
+    "batch_size=64",
+    "epochs=3",
+    "eval_interval=1",
+    "progress=false",
+    "num_workers=0",
+    "threads=1",
+]
 TOLERANCE = 2e-3
 TIMEOUT = 300  # seconds per launch, far above the ~20 s a launch takes here
 
 
-def launch(args: list[str], cwd: Path, processes: int = 1, helper: list[str] | None = None
-           ) -> subprocess.CompletedProcess:
+def launch(
+    args: list[str], cwd: Path, processes: int = 1, helper: list[str] | None = None
+) -> subprocess.CompletedProcess:
     """main_v2.py (or the kill helper) with ``args``, alone or under torchrun."""
-    script = [str(REPO / "tests" / "helpers" / "kill_at.py"), *helper] if helper else \
-        [str(REPO / "main_v2.py")]
+    script = (
+        [str(REPO / "tests" / "helpers" / "kill_at.py"), *helper]
+        if helper
+        else [str(REPO / "main_v2.py")]
+    )
     runner = [sys.executable]
     if processes > 1:
         runner += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1")
-    return subprocess.run([*runner, *script, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        [*runner, *script, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 def trained(args: list[str], run_dir: Path, processes: int = 1) -> Path:
@@ -69,8 +81,10 @@ def assert_same_model(one: Path, two: Path) -> None:
     a, b = model_state(one), model_state(two)
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=TOLERANCE, rtol=0), \
-            (key, float((a[key] - b[key]).abs().max()))
+        assert torch.allclose(a[key], b[key], atol=TOLERANCE, rtol=0), (
+            key,
+            float((a[key] - b[key]).abs().max()),
+        )
     codes_a, codes_b = database_codes(one), database_codes(two)
     assert np.abs(codes_a - codes_b).max() <= TOLERANCE
     clear = np.abs(codes_a) > TOLERANCE
@@ -110,13 +124,24 @@ def test_a_run_killed_in_one_process_resumes_under_torchrun(tmp_path):
 
 @pytest.mark.slow
 def test_a_global_batch_that_does_not_split_over_the_processes_is_one_sentence(tmp_path):
-    result = launch(["model=sdc", *COMMON, "batch_size=63", f"data_dir={tmp_path / 'data'}",
-                     f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, processes=2)
+    result = launch(
+        [
+            "model=sdc",
+            *COMMON,
+            "batch_size=63",
+            f"data_dir={tmp_path / 'data'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        tmp_path,
+        processes=2,
+    )
     assert result.returncode != 0
     # one sentence per rank (rank 0 plain, the other named, in case it alone failed), then
     # torchrun's own report of the failed processes
-    sentence = ("error: batch_size=63 is the global batch, split evenly over the 2 processes of "
-                "this torchrun launch: use a multiple of 2")
+    sentence = (
+        "error: batch_size=63 is the global batch, split evenly over the 2 processes of "
+        "this torchrun launch: use a multiple of 2"
+    )
     errors = sorted(line for line in result.stderr.splitlines() if "error:" in line)
     assert errors == [sentence, f"rank 1: {sentence}"]
     assert f'File "{REPO}' not in result.stderr  # no traceback through the project's code
@@ -126,15 +151,31 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_one_sentence(t
 def test_two_processes_extract_the_feature_cache_one_process_extracts(tmp_path):
     # the kill helper with point "none" runs main_v2.py with shards of 256 images (7 shards of
     # the 1,597-image database: each rank extracts some, rank 0 merges); the eager Tiny backbone
-    args = ["model=sdc", *COMMON, "epochs=1", "backbone=tiny", "feature_cache=on",
-            "feature_extractor=torch", "eval_batch_size=64"]
+    args = [
+        "model=sdc",
+        *COMMON,
+        "epochs=1",
+        "backbone=tiny",
+        "feature_cache=on",
+        "feature_extractor=torch",
+        "eval_batch_size=64",
+    ]
     for name, processes in (("one", 1), ("two", 2)):
-        result = launch([*args, f"data_dir={tmp_path / name / 'data'}",
-                         f"hydra.run.dir={tmp_path / name / 'run'}"], tmp_path, processes,
-                        helper=["none", "0"])
+        result = launch(
+            [
+                *args,
+                f"data_dir={tmp_path / name / 'data'}",
+                f"hydra.run.dir={tmp_path / name / 'run'}",
+            ],
+            tmp_path,
+            processes,
+            helper=["none", "0"],
+        )
         assert result.returncode == 0, result.stderr[-3000:]
-    one, two = (sorted((tmp_path / name / "data" / "feature_cache" / "digits").glob("*.npz"))
-                for name in ("one", "two"))
+    one, two = (
+        sorted((tmp_path / name / "data" / "feature_cache" / "digits").glob("*.npz"))
+        for name in ("one", "two")
+    )
     assert [p.name for p in one] == [p.name for p in two] and len(one) >= 3
     for a, b in zip(one, two):
         assert np.array_equal(np.load(a)["features"], np.load(b)["features"]), a.name

@@ -29,12 +29,27 @@ def assert_same_metrics(recomputed: dict, stored: dict):
 
 @pytest.mark.slow
 def test_cli_train_then_val_reproduces_metrics(tmp_path):
-    result = run_cli("main_v2.py", ["epochs=3", "eval_interval=1", "progress=false",
-                                    "num_workers=0", f"data_dir={tmp_path / 'data'}"], tmp_path)
+    result = run_cli(
+        "main_v2.py",
+        [
+            "epochs=3",
+            "eval_interval=1",
+            "progress=false",
+            "num_workers=0",
+            f"data_dir={tmp_path / 'data'}",
+        ],
+        tmp_path,
+    )
     logdir = run_dir_from(result.stdout)
     assert logdir.is_relative_to(tmp_path / "logs" / "digits" / "sdc64_3")
-    for name in ("config.yaml", "train_history.json", "test_history.json", "metrics.json",
-                 "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in (
+        "config.yaml",
+        "train_history.json",
+        "test_history.json",
+        "metrics.json",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (logdir / name).is_file(), name
     assert list(logdir.glob("events.out.tfevents*")), "TensorBoard events"
     metrics = json.loads((logdir / "metrics.json").read_text())
@@ -42,8 +57,9 @@ def test_cli_train_then_val_reproduces_metrics(tmp_path):
     moved = tmp_path / "moved_run"
     logdir.rename(moved)
     for checkpoint in ("last", "best"):
-        run_cli("val.py", [f"logdir={moved}", f"checkpoint={checkpoint}", "progress=false"],
-                tmp_path)
+        run_cli(
+            "val.py", [f"logdir={moved}", f"checkpoint={checkpoint}", "progress=false"], tmp_path
+        )
         recomputed = json.loads((moved / f"eval_{checkpoint}.json").read_text())
         assert_same_metrics(recomputed, metrics[checkpoint])
         assert len(recomputed["pr_curve"]["precision"]) == 65
@@ -53,8 +69,9 @@ def test_cli_train_then_val_reproduces_metrics(tmp_path):
 def test_every_method_trains_and_val_reproduces(method, tmp_path):
     from utils.compose.experiment import train, validate
 
-    cfg = compose_run([f"model={method}", "backbone=tiny", "dataset=digits", "model.nbit=16",
-                       *QUICK], tmp_path)
+    cfg = compose_run(
+        [f"model={method}", "backbone=tiny", "dataset=digits", "model.nbit=16", *QUICK], tmp_path
+    )
     metrics = train(cfg)
     key = metrics["main_metric"]
     assert 0.0 < metrics["last"][key] <= 1.0
@@ -99,9 +116,13 @@ def test_val_save_codes_writes_the_codes_it_scored(tmp_path):
     with np.load(tmp_path / "run" / "codes" / "last.npz") as codes:
         assert codes["query_codes"].shape == (200, 16)
         assert codes["database_codes"].shape == (1597, 16)
-        again = retrieval_report(torch.from_numpy(codes["query_codes"]),
-                                 torch.from_numpy(codes["database_codes"]),
-                                 codes["query_labels"], codes["database_labels"], R=100)
+        again = retrieval_report(
+            torch.from_numpy(codes["query_codes"]),
+            torch.from_numpy(codes["database_codes"]),
+            codes["query_labels"],
+            codes["database_labels"],
+            R=100,
+        )
     assert again["mAP@100"] == result["mAP@100"]
     assert sorted(p.name for p in (tmp_path / "run" / "codes").iterdir()) == ["last.npz"]
 
@@ -120,24 +141,43 @@ def test_sdc_learns_on_digits_beyond_random_projections(tmp_path):
     from datasets.digits import digits_splits
 
     data = digits_splits()
-    query = np.stack([np.asarray(data.query.load(i), np.float32).ravel()
-                      for i in range(len(data.query))])
-    db = np.stack([np.asarray(data.database.load(i), np.float32).ravel()
-                   for i in range(len(data.database))])
+    query = np.stack(
+        [np.asarray(data.query.load(i), np.float32).ravel() for i in range(len(data.query))]
+    )
+    db = np.stack(
+        [np.asarray(data.database.load(i), np.float32).ravel() for i in range(len(data.database))]
+    )
     mean = db.mean(0)
     maps = []
     for seed in range(5):
         projection = np.random.RandomState(seed).randn(64, 64)
-        maps.append(mean_average_precision((query - mean) @ projection, (db - mean) @ projection,
-                                           data.query.labels, data.database.labels, R=100))
+        maps.append(
+            mean_average_precision(
+                (query - mean) @ projection,
+                (db - mean) @ projection,
+                data.query.labels,
+                data.database.labels,
+                R=100,
+            )
+        )
     assert sdc_map > max(maps) + 0.03, (sdc_map, maps)  # measured: 0.861 vs at most 0.808
 
 
 def test_multirun_makes_one_directory_per_job_and_a_summary(tmp_path):
     sweep = tmp_path / "sweep"
-    run_cli("main_v2.py", ["-m", "model.nbit=8,16", "epochs=1", "progress=false",
-                           "num_workers=0", f"data_dir={tmp_path / 'data'}",
-                           f"hydra.sweep.dir={sweep}"], tmp_path)
+    run_cli(
+        "main_v2.py",
+        [
+            "-m",
+            "model.nbit=8,16",
+            "epochs=1",
+            "progress=false",
+            "num_workers=0",
+            f"data_dir={tmp_path / 'data'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
     runs = sorted(p.parent for p in sweep.rglob("metrics.json"))
     assert len(runs) == 2
     table = run_cli("scripts/summarize.py", [str(sweep)], tmp_path).stdout

@@ -16,16 +16,28 @@ import torch
 
 from conftest import REPO
 
-COMMON = ["dataset.source.train=20", "batch_size=40", "model.nbit=16", "epochs=4",
-          "eval_interval=1", "progress=false", "num_workers=0"]  # 5 steps per epoch
+COMMON = [
+    "dataset.source.train=20",
+    "batch_size=40",
+    "model.nbit=16",
+    "epochs=4",
+    "eval_interval=1",
+    "progress=false",
+    "num_workers=0",
+]  # 5 steps per epoch
 TIMES = ("train_seconds", "wall_seconds")
 
 
 def run(point: str, n: int, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
-    return subprocess.run([sys.executable, str(REPO / "tests" / "helpers" / "kill_at.py"),
-                           point, str(n), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "tests" / "helpers" / "kill_at.py"), point, str(n), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def killed(point: str, n: int, args: list[str], cwd: Path) -> None:
@@ -77,8 +89,13 @@ def test_killed_mid_epoch_then_in_evaluation_then_in_a_checkpoint_write(tmp_path
 @pytest.mark.slow
 def test_killed_during_feature_extraction(tmp_path):
     # feature_extractor=torch: the kill point counts batches through the eager Tiny backbone
-    args = [*COMMON, "backbone=tiny", "feature_cache=on", "eval_batch_size=64",
-            "feature_extractor=torch"]
+    args = [
+        *COMMON,
+        "backbone=tiny",
+        "feature_cache=on",
+        "eval_batch_size=64",
+        "feature_extractor=torch",
+    ]
     reference, broken = tmp_path / "reference", tmp_path / "broken"
     finished([*args, f"data_dir={tmp_path / 'data_ref'}", f"hydra.run.dir={reference}"], tmp_path)
     # query: 200 items = batches 1-4; database shard 1 (256 items) = batches 5-8; killed in

@@ -31,22 +31,29 @@ def test_auto_threads_follow_the_work(tmp_path, keep_threads, monkeypatch):
     build_trainer(compose_run(["dataset.source.train=20"], tmp_path, "a"), tmp_path / "a")
     assert torch.get_num_threads() == 1
     # a live backbone: every core of the job
-    build_trainer(compose_run(["dataset.source.train=20", "backbone=tiny"], tmp_path, "b"),
-                  tmp_path / "b")
+    build_trainer(
+        compose_run(["dataset.source.train=20", "backbone=tiny"], tmp_path, "b"), tmp_path / "b"
+    )
     assert torch.get_num_threads() == 6
     # a cached backbone: all cores while extracting, then one for the head
     seen = []
     import datasets.feature_cache as fc
 
     original = fc.extract
-    monkeypatch.setattr(fc, "extract", lambda *a, **k: seen.append(torch.get_num_threads())
-                        or original(*a, **k))
-    build_trainer(compose_run(["dataset.source.train=20", "backbone=tiny", "feature_cache=on"],
-                              tmp_path, "c"), tmp_path / "c")
+    monkeypatch.setattr(
+        fc, "extract", lambda *a, **k: seen.append(torch.get_num_threads()) or original(*a, **k)
+    )
+    build_trainer(
+        compose_run(
+            ["dataset.source.train=20", "backbone=tiny", "feature_cache=on"], tmp_path, "c"
+        ),
+        tmp_path / "c",
+    )
     assert seen and set(seen) == {6} and torch.get_num_threads() == 1
     # an explicit number always wins
-    build_trainer(compose_run(["dataset.source.train=20", "threads=3"], tmp_path, "d"),
-                  tmp_path / "d")
+    build_trainer(
+        compose_run(["dataset.source.train=20", "threads=3"], tmp_path, "d"), tmp_path / "d"
+    )
     assert torch.get_num_threads() == 3
 
 
@@ -58,7 +65,10 @@ def test_auto_threads_share_the_cores_of_a_parallel_sweep(monkeypatch):
     assert resources.choose_threads("auto", head_only=True)[0] == 1
     assert resources.choose_threads(5, head_only=True)[0] == 5
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert resources.choose_threads("auto", head_only=False) == (1, "auto, capped by OMP_NUM_THREADS")
+    assert resources.choose_threads("auto", head_only=False) == (
+        1,
+        "auto, capped by OMP_NUM_THREADS",
+    )
     for bad in (0, -2, "many"):
         with pytest.raises(ConfigError, match="threads must be auto or a positive integer"):
             resources.choose_threads(bad, head_only=False)
@@ -71,9 +81,20 @@ def _runs(sweep):
 @pytest.mark.slow
 def test_joblib_sweep_runs_jobs_side_by_side_with_a_share_of_the_cores(tmp_path):
     sweep = tmp_path / "sweep"
-    run_cli("main_v2.py", [*SWEEP, "backbone=tiny", "feature_cache=off", "hydra/launcher=joblib",
-                           "hydra.launcher.n_jobs=2", f"data_dir={tmp_path / 'data'}",
-                           f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
+    run_cli(
+        "main_v2.py",
+        [
+            *SWEEP,
+            "backbone=tiny",
+            "feature_cache=off",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"data_dir={tmp_path / 'data'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        timeout=600,
+    )
     runs = _runs(sweep)
     assert [r.name for r in runs] == ["0_digits_sdc8_seed42", "1_digits_sdc16_seed42"]
     for run in runs:
@@ -89,9 +110,18 @@ def test_joblib_sweep_runs_jobs_side_by_side_with_a_share_of_the_cores(tmp_path)
 def test_submitit_local_sweep_goes_through_submitit(tmp_path):
     # the jobs start in their own processes, from tmp_path: the project must be importable there
     sweep = tmp_path / "sweep"
-    run_cli("main_v2.py", [*SWEEP, "hydra/launcher=submitit_local",
-                           "hydra.launcher.timeout_min=10", f"data_dir={tmp_path / 'data'}",
-                           f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
+    run_cli(
+        "main_v2.py",
+        [
+            *SWEEP,
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=10",
+            f"data_dir={tmp_path / 'data'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        timeout=600,
+    )
     runs = _runs(sweep)
     assert len(runs) == 2
     assert list((sweep / ".submitit").rglob("*_result.pkl")), "results went through submitit"

@@ -13,14 +13,17 @@ def test_the_project_keeps_its_imports_pointing_one_way():
     assert breaches == []
 
 
-@pytest.mark.parametrize("path, source, rule", [
-    ("utils/metrics.py", "from models.arch.base import HashModel\n", "leaf of utils/"),
-    ("utils/plots2.py", "def f():\n    from utils.compose import build\n", "leaf of utils/"),
-    ("datasets/x.py", "import models.backbone.simple\n", "datasets/ must not import models/"),
-    ("models/arch/x.py", "from utils.compose.build import build_data\n", "composing layer"),
-    ("models/loss/x.py", "from utils.errors import ConfigError\n", "ValueError"),
-    ("models/layers/x.py", "from utils import errors\n", "ValueError"),
-])
+@pytest.mark.parametrize(
+    "path, source, rule",
+    [
+        ("utils/metrics.py", "from models.arch.base import HashModel\n", "leaf of utils/"),
+        ("utils/plots2.py", "def f():\n    from utils.compose import build\n", "leaf of utils/"),
+        ("datasets/x.py", "import models.backbone.simple\n", "datasets/ must not import models/"),
+        ("models/arch/x.py", "from utils.compose.build import build_data\n", "composing layer"),
+        ("models/loss/x.py", "from utils.errors import ConfigError\n", "ValueError"),
+        ("models/layers/x.py", "from utils import errors\n", "ValueError"),
+    ],
+)
 def test_each_rule_is_checked(tmp_path, path, source, rule):
     target = tmp_path / path
     target.parent.mkdir(parents=True)

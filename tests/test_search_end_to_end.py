@@ -41,8 +41,10 @@ def run(tmp_path_factory):
     from utils.compose.experiment import train, validate
 
     tmp = tmp_path_factory.mktemp("search")
-    cfg = compose_run(["backbone=tiny", f"model.nbit={NBIT}", "epochs=1", "eval_interval=1",
-                       "feature_cache=on"], tmp)
+    cfg = compose_run(
+        ["backbone=tiny", f"model.nbit={NBIT}", "epochs=1", "eval_interval=1", "feature_cache=on"],
+        tmp,
+    )
     train(cfg)
     logdir = tmp / "run"
     evaluation = validate(val_config(logdir, "save_codes=true"))
@@ -90,8 +92,13 @@ def test_export_writes_val_codes_ids_labels_manifest(run):
     from utils.retrieval import mean_average_precision
 
     index = run["logdir"] / "index"
-    assert sorted(p.name for p in index.iterdir()) == ["codes.npy", "faiss.index", "ids.npy",
-                                                       "labels.npy", "manifest.json"]
+    assert sorted(p.name for p in index.iterdir()) == [
+        "codes.npy",
+        "faiss.index",
+        "ids.npy",
+        "labels.npy",
+        "manifest.json",
+    ]
     manifest = json.loads((index / "manifest.json").read_text())
     assert manifest["nbit"] == NBIT and manifest["bytes_per_code"] == 2
     assert manifest["model"] == "sdc" and manifest["checkpoint"] == "best"
@@ -106,8 +113,15 @@ def test_export_writes_val_codes_ids_labels_manifest(run):
     np.testing.assert_array_equal(np.load(index / "labels.npy"), run["codes"]["database_labels"])
     # the exported packed codes score exactly what val.py scored
     query = pack(run["codes"]["query_codes"])
-    got = mean_average_precision(query, codes, run["codes"]["query_labels"],
-                                 np.load(index / "labels.npy"), R=100, packed=True, nbit=NBIT)
+    got = mean_average_precision(
+        query,
+        codes,
+        run["codes"]["query_labels"],
+        np.load(index / "labels.npy"),
+        R=100,
+        packed=True,
+        nbit=NBIT,
+    )
     assert got == run["eval"]["mAP@100"]
 
 
@@ -148,8 +162,9 @@ def test_search_by_codes_equals_the_engine_and_text_output(run, tmp_path, capsys
 
     query_codes = run["codes"]["query_codes"][:12]
     write_npz(tmp_path / "q.npz", codes=query_codes)
-    result = search_json(capsys, f"index={run['logdir'] / 'index'}", f"query={tmp_path / 'q.npz'}",
-                         "k=40")
+    result = search_json(
+        capsys, f"index={run['logdir'] / 'index'}", f"query={tmp_path / 'q.npz'}", "k=40"
+    )
     D_ref, I_ref = engine_ranking(torch.from_numpy(query_codes), run["codes"]["database_codes"], 40)
     assert len(result["queries"]) == 12
     for q, entry in enumerate(result["queries"]):
@@ -157,9 +172,12 @@ def test_search_by_codes_equals_the_engine_and_text_output(run, tmp_path, capsys
         assert [h["distance"] for h in entry["results"]] == D_ref[q].tolist()
     # packed query codes and val.py's own codes file give the same answer
     write_npz(tmp_path / "p.npz", packed=np.packbits(query_codes >= 0, axis=1))
-    assert search_json(capsys, f"index={run['logdir'] / 'index'}",
-                       f"query={tmp_path / 'p.npz'}", "k=40")["queries"][3]["results"] == \
-        result["queries"][3]["results"]
+    assert (
+        search_json(
+            capsys, f"index={run['logdir'] / 'index'}", f"query={tmp_path / 'p.npz'}", "k=40"
+        )["queries"][3]["results"]
+        == result["queries"][3]["results"]
+    )
     capsys.readouterr()
     SEARCH.main([f"index={run['logdir'] / 'index'}", f"query={tmp_path / 'q.npz'}", "k=2"])
     lines = capsys.readouterr().out.splitlines()
@@ -172,8 +190,15 @@ def test_grid_png(run, tmp_path, capsys):
     folder.mkdir()
     for i in (5, 900):
         save_digit(i, folder / f"db{i}.png")
-    SEARCH.main([f"index={run['logdir'] / 'index'}", f"query={folder}", "k=4", "--grid",
-                 str(tmp_path / "grid.png")])
+    SEARCH.main(
+        [
+            f"index={run['logdir'] / 'index'}",
+            f"query={folder}",
+            "k=4",
+            "--grid",
+            str(tmp_path / "grid.png"),
+        ]
+    )
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.size == (5 * 100 + 4, 2 * 114 + 4)  # (1 + k) columns, one row per query
         pixels = np.asarray(grid.convert("L"))
@@ -185,26 +210,41 @@ def test_reexport_replaces_the_index_with_ivf_and_hnsw(run, tmp_path, capsys):
     logdir = tmp_path / "run"
     shutil.copytree(run["logdir"], logdir)
     (logdir / "index" / "stray.txt").write_text("from an older export")
-    flat = search_json(capsys, f"index={logdir / 'index'}", "query=" + str(_codes_file(run, tmp_path)),
-                       "k=10")
+    flat = search_json(
+        capsys, f"index={logdir / 'index'}", "query=" + str(_codes_file(run, tmp_path)), "k=10"
+    )
     EXPORT.main([f"logdir={logdir}", "progress=false", "index_type=ivf", "nlist=8", "nprobe=2"])
     assert not (logdir / "index" / "stray.txt").exists()
     manifest = json.loads((logdir / "index" / "manifest.json").read_text())
     assert manifest["params"] == {"index_type": "ivf", "nlist": 8, "nprobe": 2}
-    every_list = search_json(capsys, f"index={logdir / 'index'}",
-                             "query=" + str(_codes_file(run, tmp_path)), "k=10", "nprobe=8")
+    every_list = search_json(
+        capsys,
+        f"index={logdir / 'index'}",
+        "query=" + str(_codes_file(run, tmp_path)),
+        "k=10",
+        "nprobe=8",
+    )
     assert every_list["params"]["nprobe"] == 8
     for a, b in zip(flat["queries"], every_list["queries"]):  # all lists probed: exact distances
         assert [h["distance"] for h in a["results"]] == [h["distance"] for h in b["results"]]
-    fails(capsys, SEARCH.main, [f"index={logdir / 'index'}", "query=x.npz", "efSearch=5"],
-          "efSearch applies to index_type=hnsw, but")
+    fails(
+        capsys,
+        SEARCH.main,
+        [f"index={logdir / 'index'}", "query=x.npz", "efSearch=5"],
+        "efSearch applies to index_type=hnsw, but",
+    )
 
     EXPORT.main([f"logdir={logdir}", "progress=false", "index_type=hnsw", "efSearch=400"])
     manifest = json.loads((logdir / "index" / "manifest.json").read_text())
-    assert manifest["params"] == {"index_type": "hnsw", "M": 32, "efConstruction": 40,
-                                  "efSearch": 400}
-    hnsw = search_json(capsys, f"index={logdir / 'index'}",
-                       "query=" + str(_codes_file(run, tmp_path)), "k=10")
+    assert manifest["params"] == {
+        "index_type": "hnsw",
+        "M": 32,
+        "efConstruction": 40,
+        "efSearch": 400,
+    }
+    hnsw = search_json(
+        capsys, f"index={logdir / 'index'}", "query=" + str(_codes_file(run, tmp_path)), "k=10"
+    )
     for a, b in zip(flat["queries"], hnsw["queries"]):
         exact, approx = [h["distance"] for h in a["results"]], [h["distance"] for h in b["results"]]
         assert all(x >= y for x, y in zip(approx, exact))  # never better than exact
@@ -243,74 +283,137 @@ def test_bad_input_is_one_sentence(run, tmp_path, capsys):
     index = run["logdir"] / "index"
     (tmp_path / "notes.txt").write_text("hello")
     save_digit(0, tmp_path / "ok.png")
-    fails(capsys, SEARCH.main, [f"index={tmp_path / 'none'}", f"query={tmp_path / 'ok.png'}"],
-          "does not exist: export one with python scripts/export.py")
-    fails(capsys, SEARCH.main, [f"index={index}", f"query={tmp_path / 'notes.txt'}"],
-          "cannot read")
-    fails(capsys, SEARCH.main, [f"index={index}", f"query={tmp_path / 'missing.png'}"],
-          "does not exist")
+    fails(
+        capsys,
+        SEARCH.main,
+        [f"index={tmp_path / 'none'}", f"query={tmp_path / 'ok.png'}"],
+        "does not exist: export one with python scripts/export.py",
+    )
+    fails(capsys, SEARCH.main, [f"index={index}", f"query={tmp_path / 'notes.txt'}"], "cannot read")
+    fails(
+        capsys,
+        SEARCH.main,
+        [f"index={index}", f"query={tmp_path / 'missing.png'}"],
+        "does not exist",
+    )
     only_bad = tmp_path / "only_bad"
     only_bad.mkdir()
     (only_bad / "a.txt").write_text("x")
-    fails(capsys, SEARCH.main, [f"index={index}", f"query={only_bad}"],
-          "None of the 1 files in")
-    fails(capsys, SEARCH.main, [f"index={index}", f"query={tmp_path / 'ok.png'}", "k=0"],
-          "k must be >= 1")
-    fails(capsys, SEARCH.main, [f"index={index}", f"query={tmp_path / 'ok.png'}", "k=1598"],
-          "k=1598 is larger than the database (1597 codes)")
-    fails(capsys, SEARCH.main, [f"index={index}", f"query={tmp_path / 'ok.png'}", "k=ten"],
-          "k must be an integer")
-    fails(capsys, SEARCH.main, [f"index={index}", f"query={tmp_path / 'ok.png'}", "nprobe=4"],
-          "nprobe applies to index_type=ivf, but")
+    fails(capsys, SEARCH.main, [f"index={index}", f"query={only_bad}"], "None of the 1 files in")
+    fails(
+        capsys,
+        SEARCH.main,
+        [f"index={index}", f"query={tmp_path / 'ok.png'}", "k=0"],
+        "k must be >= 1",
+    )
+    fails(
+        capsys,
+        SEARCH.main,
+        [f"index={index}", f"query={tmp_path / 'ok.png'}", "k=1598"],
+        "k=1598 is larger than the database (1597 codes)",
+    )
+    fails(
+        capsys,
+        SEARCH.main,
+        [f"index={index}", f"query={tmp_path / 'ok.png'}", "k=ten"],
+        "k must be an integer",
+    )
+    fails(
+        capsys,
+        SEARCH.main,
+        [f"index={index}", f"query={tmp_path / 'ok.png'}", "nprobe=4"],
+        "nprobe applies to index_type=ivf, but",
+    )
     fails(capsys, SEARCH.main, [f"index={index}", "kk=3", "query=x"], "unknown setting 'kk'")
     fails(capsys, SEARCH.main, [f"query={tmp_path / 'ok.png'}"], "missing setting index=")
     # codes of another width, and uint8 passed as real-valued codes
     write_npz(tmp_path / "wide.npz", codes=np.ones((2, 32), np.float32))
-    fails(capsys, SEARCH.main, [f"index={index}", f"query={tmp_path / 'wide.npz'}"],
-          "but the index holds 16-bit codes")
+    fails(
+        capsys,
+        SEARCH.main,
+        [f"index={index}", f"query={tmp_path / 'wide.npz'}"],
+        "but the index holds 16-bit codes",
+    )
     write_npz(tmp_path / "u8.npz", codes=np.ones((2, 16), np.uint8))
-    fails(capsys, SEARCH.main, [f"index={index}", f"query={tmp_path / 'u8.npz'}"],
-          "is uint8, which would be read as real-valued codes")
+    fails(
+        capsys,
+        SEARCH.main,
+        [f"index={index}", f"query={tmp_path / 'u8.npz'}"],
+        "is uint8, which would be read as real-valued codes",
+    )
     # an index built for another nbit (the run now says 32 bits) or other weights
     other = tmp_path / "other_nbit"
     shutil.copytree(run["logdir"], other)
     config = other / "config.yaml"
     config.write_text(config.read_text().replace(f"nbit: {NBIT}", "nbit: 32"))
-    fails(capsys, SEARCH.main, [f"index={index}", f"query={tmp_path / 'ok.png'}",
-                                f"logdir={other}"], "The index was built for sdc with 16 bits "
-                                                    "but the run")
+    fails(
+        capsys,
+        SEARCH.main,
+        [f"index={index}", f"query={tmp_path / 'ok.png'}", f"logdir={other}"],
+        "The index was built for sdc with 16 bits but the run",
+    )
     retrained = tmp_path / "retrained"
     shutil.copytree(run["logdir"], retrained)
     state = torch.load(retrained / "checkpoints" / "best.pt", weights_only=True)
     name = next(iter(state["model"]))
     state["model"][name] = state["model"][name] + 1
     torch.save(state, retrained / "checkpoints" / "best.pt")
-    fails(capsys, SEARCH.main, [f"index={retrained / 'index'}", f"query={tmp_path / 'ok.png'}"],
-          "The index was exported from other weights than")
+    fails(
+        capsys,
+        SEARCH.main,
+        [f"index={retrained / 'index'}", f"query={tmp_path / 'ok.png'}"],
+        "The index was exported from other weights than",
+    )
     moved = tmp_path / "moved_index"
     shutil.copytree(index, moved)
-    fails(capsys, SEARCH.main, [f"index={moved}", f"query={tmp_path / 'ok.png'}"],
-          "is not inside its run directory: pass logdir=")
-    assert search_json(capsys, f"index={moved}", f"query={tmp_path / 'ok.png'}",
-                       f"logdir={run['logdir']}")["queries"][0]["results"][0]["distance"] == 0
+    fails(
+        capsys,
+        SEARCH.main,
+        [f"index={moved}", f"query={tmp_path / 'ok.png'}"],
+        "is not inside its run directory: pass logdir=",
+    )
+    assert (
+        search_json(
+            capsys, f"index={moved}", f"query={tmp_path / 'ok.png'}", f"logdir={run['logdir']}"
+        )["queries"][0]["results"][0]["distance"]
+        == 0
+    )
     # export
-    fails(capsys, EXPORT.main, [f"logdir={run['logdir']}", "checkpoint=mid"],
-          "checkpoint must be best or last")
-    fails(capsys, EXPORT.main, [f"logdir={run['logdir']}", "index_type=lsh"],
-          "index_type must be one of flat, ivf, hnsw")
-    fails(capsys, EXPORT.main, [f"logdir={run['logdir']}", "nprobe=3"],
-          "nprobe applies to index_type=ivf, not flat")
+    fails(
+        capsys,
+        EXPORT.main,
+        [f"logdir={run['logdir']}", "checkpoint=mid"],
+        "checkpoint must be best or last",
+    )
+    fails(
+        capsys,
+        EXPORT.main,
+        [f"logdir={run['logdir']}", "index_type=lsh"],
+        "index_type must be one of flat, ivf, hnsw",
+    )
+    fails(
+        capsys,
+        EXPORT.main,
+        [f"logdir={run['logdir']}", "nprobe=3"],
+        "nprobe applies to index_type=ivf, not flat",
+    )
     fails(capsys, EXPORT.main, [f"logdir={tmp_path / 'none'}"], "is not a directory")
 
 
 def test_cli_exit_status(run, tmp_path):
     save_digit(0, tmp_path / "ok.png")
-    good = run_cli("scripts/search.py", [f"index={run['logdir'] / 'index'}",
-                                         f"query={tmp_path / 'ok.png'}", "k=3"], tmp_path)
+    good = run_cli(
+        "scripts/search.py",
+        [f"index={run['logdir'] / 'index'}", f"query={tmp_path / 'ok.png'}", "k=3"],
+        tmp_path,
+    )
     assert good.stdout.splitlines()[1].split()[:2] == ["1", "d=0"]
-    bad = run_cli("scripts/search.py", [f"index={run['logdir'] / 'index'}",
-                                        f"query={tmp_path / 'ok.png'}", "k=0"], tmp_path,
-                  check=False)
+    bad = run_cli(
+        "scripts/search.py",
+        [f"index={run['logdir'] / 'index'}", f"query={tmp_path / 'ok.png'}", "k=0"],
+        tmp_path,
+        check=False,
+    )
     assert bad.returncode == 2 and bad.stderr.strip() == "error: k must be >= 1, got k=0"
 
 
@@ -333,11 +436,23 @@ def test_list_file_dataset_ids_are_paths_and_the_grid_shows_them(tmp_path, capsy
             lines["train"].append(f"toy/img/{i:03d}.png {c}")
     for split, rows in lines.items():
         (root / "toy" / f"{split}.txt").write_text("\n".join(rows) + "\n")
-    cfg = compose_run(["dataset=imagenet100", "dataset.source.folder=toy",
-                       "dataset.source.query=query.txt", f"data_dir={root}", "dataset.R=10",
-                       "dataset.resize=16", "dataset.crop=16", "backbone=tiny",
-                       f"model.nbit={NBIT}", "epochs=1", "batch_size=16", "eval_interval=1"],
-                      tmp_path)
+    cfg = compose_run(
+        [
+            "dataset=imagenet100",
+            "dataset.source.folder=toy",
+            "dataset.source.query=query.txt",
+            f"data_dir={root}",
+            "dataset.R=10",
+            "dataset.resize=16",
+            "dataset.crop=16",
+            "backbone=tiny",
+            f"model.nbit={NBIT}",
+            "epochs=1",
+            "batch_size=16",
+            "eval_interval=1",
+        ],
+        tmp_path,
+    )
     train(cfg)
     logdir = tmp_path / "run"
     EXPORT.main([f"logdir={logdir}", "progress=false"])
@@ -346,8 +461,14 @@ def test_list_file_dataset_ids_are_paths_and_the_grid_shows_them(tmp_path, capsy
     database = [str(root / line.split()[0]) for line in lines["database"]]
     assert np.load(logdir / "index" / "ids.npy").tolist() == database
     query = root / "toy" / "img" / "050.png"  # database item 42
-    result = search_json(capsys, f"index={logdir / 'index'}", f"query={query}", "k=88",
-                         "--grid", str(tmp_path / "grid.png"))  # k = the whole database
+    result = search_json(
+        capsys,
+        f"index={logdir / 'index'}",
+        f"query={query}",
+        "k=88",
+        "--grid",
+        str(tmp_path / "grid.png"),
+    )  # k = the whole database
     hits = result["queries"][0]["results"]
     assert hits[0]["distance"] == 0
     assert str(query) in [h["id"] for h in hits if h["distance"] == 0]

@@ -32,8 +32,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"Cannot create the folder {path.parent} ({error.strerror or error}): "
-                        "check the path and its permissions") from None
+        raise UserError(
+            f"Cannot create the folder {path.parent} ({error.strerror or error}): "
+            "check the path and its permissions"
+        ) from None
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
@@ -44,9 +46,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
     except OSError as error:
         reason = error.strerror or str(error) or error.__class__.__name__
         previous = "the previous version is intact" if path.exists() else "nothing was written"
-        raise UserError(f"Could not write {path} ({reason}); {previous}: free some space or "
-                        "fix the folder's permissions, then run again (resume=<run dir> "
-                        "continues a training run)") from None
+        raise UserError(
+            f"Could not write {path} ({reason}); {previous}: free some space or "
+            "fix the folder's permissions, then run again (resume=<run dir> "
+            "continues a training run)"
+        ) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -65,8 +69,10 @@ def replace_folder(finished: str | os.PathLike, target: str | os.PathLike) -> No
             os.replace(target, old)
         os.replace(finished, target)
     except OSError as error:
-        raise UserError(f"Could not replace the folder {target} ({error.strerror or error}): "
-                        "check the disk and the folder's permissions, then run again") from None
+        raise UserError(
+            f"Could not replace the folder {target} ({error.strerror or error}): "
+            "check the disk and the folder's permissions, then run again"
+        ) from None
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -87,17 +93,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist; train first or pass "
-                              "checkpoint=last / checkpoint=best of a finished run")
+        raise CheckpointError(
+            f"Checkpoint {path} does not exist; train first or pass "
+            "checkpoint=last / checkpoint=best of a finished run"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated zip, pickle error, unsupported global...
-        raise CheckpointError(f"Checkpoint {path} is truncated or not a checkpoint of this "
-                              f"project ({error.__class__.__name__}); restore it from a copy, "
-                              "or delete the run directory and train again") from None
+        raise CheckpointError(
+            f"Checkpoint {path} is truncated or not a checkpoint of this "
+            f"project ({error.__class__.__name__}); restore it from a copy, "
+            "or delete the run directory and train again"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"Checkpoint {path} has no model state; it was not written by "
-                              "this project")
+        raise CheckpointError(
+            f"Checkpoint {path} has no model state; it was not written by this project"
+        )
     return state
 
 
@@ -151,6 +162,8 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is damaged ({error.__class__.__name__}: {error}); restore "
-                              "it from a copy, or delete the run directory and train "
-                              "again") from None
+        raise CheckpointError(
+            f"{path} is damaged ({error.__class__.__name__}: {error}); restore "
+            "it from a copy, or delete the run directory and train "
+            "again"
+        ) from None

@@ -60,11 +60,18 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 INDEX_TYPES = ("flat", "ivf", "hnsw")
-BINARISATION = ("b = +1 where u >= 0 else -1 (an exact 0 is +1); packed with "
-                "np.packbits(b > 0, axis=1): bit j of a code is bit 7 - j % 8 of byte j // 8, "
-                "+1 -> 1, the last byte padded with 0")
-FILES = {"codes": "codes.npy", "ids": "ids.npy", "labels": "labels.npy", "index": "faiss.index",
-         "manifest": "manifest.json"}
+BINARISATION = (
+    "b = +1 where u >= 0 else -1 (an exact 0 is +1); packed with "
+    "np.packbits(b > 0, axis=1): bit j of a code is bit 7 - j % 8 of byte j // 8, "
+    "+1 -> 1, the last byte padded with 0"
+)
+FILES = {
+    "codes": "codes.npy",
+    "ids": "ids.npy",
+    "labels": "labels.npy",
+    "index": "faiss.index",
+    "manifest": "manifest.json",
+}
 #: Defaults of the approximate indexes (sources in :func:`index_params`).
 IVF_NPROBE = 16
 HNSW_M = 32
@@ -77,8 +84,9 @@ def import_faiss():
     try:
         import faiss
     except ImportError:
-        raise ConfigError("faiss is not installed: pip install faiss-cpu (see requirements.txt)")\
-            from None
+        raise ConfigError(
+            "faiss is not installed: pip install faiss-cpu (see requirements.txt)"
+        ) from None
     return faiss
 
 
@@ -130,8 +138,9 @@ def _positive(value, name: str, allow_none=True):
     return int(value)
 
 
-def index_params(index_type: str, n: int, nlist=None, nprobe=None, M=None, ef_construction=None,
-                 ef_search=None) -> dict[str, Any]:
+def index_params(
+    index_type: str, n: int, nlist=None, nprobe=None, M=None, ef_construction=None, ef_search=None
+) -> dict[str, Any]:
     """Validated build and search parameters of an index over ``n`` codes, defaults filled in.
 
     Defaults: ``nlist`` = the power of two nearest to 4 sqrt(n) (faiss wiki, "Guidelines to
@@ -147,21 +156,30 @@ def index_params(index_type: str, n: int, nlist=None, nprobe=None, M=None, ef_co
     """
     if index_type not in INDEX_TYPES:
         raise ConfigError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
-    given = {"nlist": nlist, "nprobe": nprobe, "M": M, "efConstruction": ef_construction,
-             "efSearch": ef_search}
+    given = {
+        "nlist": nlist,
+        "nprobe": nprobe,
+        "M": M,
+        "efConstruction": ef_construction,
+        "efSearch": ef_search,
+    }
     own = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("M", "efConstruction", "efSearch")}
     for key, value in given.items():
         if value is not None and key not in own[index_type]:
-            raise ConfigError(f"{key} applies to index_type="
-                              f"{'ivf' if key in own['ivf'] else 'hnsw'}, not {index_type}")
+            raise ConfigError(
+                f"{key} applies to index_type="
+                f"{'ivf' if key in own['ivf'] else 'hnsw'}, not {index_type}"
+            )
         _positive(value, key)
     params: dict[str, Any] = {"index_type": index_type}
     if index_type == "ivf":
         auto = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
         params["nlist"] = int(nlist) if nlist is not None else max(1, min(auto, n // 39))
         if params["nlist"] > n:
-            raise ConfigError(f"nlist={params['nlist']} is larger than the database ({n} codes): "
-                              "use nlist <= the number of codes")
+            raise ConfigError(
+                f"nlist={params['nlist']} is larger than the database ({n} codes): "
+                "use nlist <= the number of codes"
+            )
         params["nprobe"] = min(int(nprobe or IVF_NPROBE), params["nlist"])
     elif index_type == "hnsw":
         params["M"] = int(M or HNSW_M)
@@ -170,8 +188,9 @@ def index_params(index_type: str, n: int, nlist=None, nprobe=None, M=None, ef_co
     return params
 
 
-def build_index(packed: np.ndarray, nbit: int, params: dict[str, Any],
-                train_per_list: int | None = None):
+def build_index(
+    packed: np.ndarray, nbit: int, params: dict[str, Any], train_per_list: int | None = None
+):
     """A faiss binary index over ``packed`` ``(N, ceil(nbit/8))`` uint8 codes (ids = row order).
 
     ``train_per_list``: IVF k-means sample, in codes per list (None = faiss's default, 256).
@@ -180,8 +199,9 @@ def build_index(packed: np.ndarray, nbit: int, params: dict[str, Any],
     packed = np.ascontiguousarray(packed, dtype=np.uint8)
     d = faiss_dim(nbit)
     if packed.ndim != 2 or packed.shape[1] * 8 != d:
-        raise ValueError(f"packed codes must be (N, {d // 8}) uint8 for nbit={nbit}, got "
-                         f"{packed.shape}")
+        raise ValueError(
+            f"packed codes must be (N, {d // 8}) uint8 for nbit={nbit}, got {packed.shape}"
+        )
     kind = params["index_type"]
     if kind == "flat":
         index = faiss.IndexBinaryFlat(d)
@@ -238,8 +258,14 @@ def model_fingerprint(state: dict[str, torch.Tensor]) -> str:
     return state_fingerprint(dict(sorted(state.items())))[:20]
 
 
-def write_index_dir(target: Path, packed: np.ndarray, ids: np.ndarray, labels: np.ndarray, index,
-                    manifest: dict[str, Any]) -> Path:
+def write_index_dir(
+    target: Path,
+    packed: np.ndarray,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    index,
+    manifest: dict[str, Any],
+) -> Path:
     """Write the index folder ``target`` whole: into a temporary sibling, then swapped in.
 
     A killed export leaves the previous folder (or none) and a hidden ``.index.tmp*`` sibling,
@@ -249,7 +275,7 @@ def write_index_dir(target: Path, packed: np.ndarray, ids: np.ndarray, labels: n
     target = Path(target)
     parent = target.parent
     for stale in [*parent.glob(f".{target.name}.tmp*"), *parent.glob(f".{target.name}.old*")]:
-        if not _alive(stale.name[len(target.name) + 5:]):  # not a running export's folder
+        if not _alive(stale.name[len(target.name) + 5 :]):  # not a running export's folder
             shutil.rmtree(stale, ignore_errors=True)
     tmp = parent / f".{target.name}.tmp{os.getpid()}"
     tmp.mkdir(parents=True)
@@ -303,12 +329,16 @@ def load_index_dir(path: str | os.PathLike) -> CodeIndex:
     faiss = import_faiss()
     path = Path(path)
     if not path.is_dir():
-        raise DataError(f"Index folder {path} does not exist: export one with "
-                        "python scripts/export.py logdir=<run dir>")
+        raise DataError(
+            f"Index folder {path} does not exist: export one with "
+            "python scripts/export.py logdir=<run dir>"
+        )
     missing = [name for name in FILES.values() if not (path / name).is_file()]
     if missing:
-        raise DataError(f"Index folder {path} lacks {', '.join(missing)}: it is not an index "
-                        "written by scripts/export.py, or it is damaged; export it again")
+        raise DataError(
+            f"Index folder {path} lacks {', '.join(missing)}: it is not an index "
+            "written by scripts/export.py, or it is damaged; export it again"
+        )
     try:
         manifest = json.loads((path / FILES["manifest"]).read_text())
         nbit = int(manifest["nbit"])
@@ -318,22 +348,32 @@ def load_index_dir(path: str | os.PathLike) -> CodeIndex:
         labels = np.load(path / FILES["labels"], allow_pickle=False)
         index = faiss.read_index_binary(str(path / FILES["index"]))
     except Exception as error:  # noqa: BLE001 - any damage ends in one sentence
-        raise DataError(f"Index folder {path} is damaged ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0] if str(error) else ''}): export it again") \
-            from None
+        raise DataError(
+            f"Index folder {path} is damaged ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}): export it again"
+        ) from None
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"Index folder {path} has format version "
-                        f"{manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}: "
-                        "export it again")
+        raise DataError(
+            f"Index folder {path} has format version "
+            f"{manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}: "
+            "export it again"
+        )
     n = len(codes)
-    if (codes.dtype != np.uint8 or codes.shape != (n, faiss_dim(nbit) // 8) or len(ids) != n
-            or len(labels) != n or index.ntotal != n or index.d != faiss_dim(nbit)):
-        raise DataError(f"Index folder {path} is inconsistent (codes {codes.shape}, ids "
-                        f"{len(ids)}, labels {len(labels)}, faiss index {index.ntotal} x "
-                        f"{index.d} bits, manifest nbit {nbit}): export it again")
+    if (
+        codes.dtype != np.uint8
+        or codes.shape != (n, faiss_dim(nbit) // 8)
+        or len(ids) != n
+        or len(labels) != n
+        or index.ntotal != n
+        or index.d != faiss_dim(nbit)
+    ):
+        raise DataError(
+            f"Index folder {path} is inconsistent (codes {codes.shape}, ids "
+            f"{len(ids)}, labels {len(labels)}, faiss index {index.ntotal} x "
+            f"{index.d} bits, manifest nbit {nbit}): export it again"
+        )
     set_search_params(index, manifest["params"])
-    return CodeIndex(path=path, manifest=manifest, index=index, codes=codes, ids=ids,
-                     labels=labels)
+    return CodeIndex(path=path, manifest=manifest, index=index, codes=codes, ids=ids, labels=labels)
 
 
 def now_utc() -> str:
@@ -351,7 +391,24 @@ def check_k(k, n: int) -> int:
     return int(k)
 
 
-__all__ = ["BINARISATION", "CodeIndex", "FORMAT_VERSION", "INDEX_TYPES", "build_index", "check_k",
-           "faiss_dim", "import_faiss", "index_bytes", "index_params", "load_index_dir",
-           "model_fingerprint", "now_utc", "pack", "popcount", "popcount_distances", "search_index",
-           "set_search_params", "write_index_dir"]
+__all__ = [
+    "BINARISATION",
+    "CodeIndex",
+    "FORMAT_VERSION",
+    "INDEX_TYPES",
+    "build_index",
+    "check_k",
+    "faiss_dim",
+    "import_faiss",
+    "index_bytes",
+    "index_params",
+    "load_index_dir",
+    "model_fingerprint",
+    "now_utc",
+    "pack",
+    "popcount",
+    "popcount_distances",
+    "search_index",
+    "set_search_params",
+    "write_index_dir",
+]

@@ -39,8 +39,11 @@ def safe_calc(expression: str) -> int | float:
     def walk(node: ast.AST) -> Any:
         if isinstance(node, ast.Expression):
             return walk(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
-                and not isinstance(node.value, bool):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, (int, float))
+            and not isinstance(node.value, bool)
+        ):
             return node.value
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             left, right = walk(node.left), walk(node.right)
@@ -49,8 +52,12 @@ def safe_calc(expression: str) -> int | float:
             return _BINARY[type(node.op)](left, right)
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](walk(node.operand))
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in _FUNCTIONS and not node.keywords):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and not node.keywords
+        ):
             return _FUNCTIONS[node.func.id](*[walk(a) for a in node.args])
         raise ConfigError(f"calc: only arithmetic on numbers is allowed, got {expression!r}")
 
@@ -121,9 +128,11 @@ def to_plain(cfg: DictConfig) -> DictConfig:
         match = re.search(r"Missing mandatory value: ([\w.]+)", str(error))
         interpolated = isinstance(error, InterpolationToMissingValueError) and match
         key = match.group(1) if interpolated else error.full_key  # the key that is ??? itself
-        raise ConfigError(f"{key} has no value (??? in its config file): set it on the command "
-                          f"line, e.g. {key}=<value> (the config's comments say what it "
-                          "needs)") from None
+        raise ConfigError(
+            f"{key} has no value (??? in its config file): set it on the command "
+            f"line, e.g. {key}=<value> (the config's comments say what it "
+            "needs)"
+        ) from None
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
@@ -137,16 +146,22 @@ def load_run_config(logdir: str | os.PathLike) -> DictConfig:
     """Load ``<logdir>/config.yaml`` of a training run, or say clearly that there is no run."""
     path = Path(logdir) / "config.yaml"
     if not Path(logdir).is_dir():
-        raise CheckpointError(f"{logdir} is not a directory: pass logdir=<run directory> "
-                              "(a folder written by main_v2.py holding config.yaml)")
+        raise CheckpointError(
+            f"{logdir} is not a directory: pass logdir=<run directory> "
+            "(a folder written by main_v2.py holding config.yaml)"
+        )
     if not path.is_file():
-        raise CheckpointError(f"No run in {logdir}: config.yaml is missing; pass the run "
-                              "directory printed at the end of main_v2.py")
+        raise CheckpointError(
+            f"No run in {logdir}: config.yaml is missing; pass the run "
+            "directory printed at the end of main_v2.py"
+        )
     try:
         cfg = OmegaConf.load(path)
     except Exception as error:  # yaml errors come in many types
-        raise CheckpointError(f"{path} is not a readable config ({error.__class__.__name__}); "
-                              "the run directory is damaged") from None
+        raise CheckpointError(
+            f"{path} is not a readable config ({error.__class__.__name__}); "
+            "the run directory is damaged"
+        ) from None
     if not isinstance(cfg, DictConfig) or "model" not in cfg:
         raise CheckpointError(f"{path} is not a training config of this project")
     return cfg

@@ -43,8 +43,9 @@ def _relevance(q_labels: torch.Tensor, db_labels: torch.Tensor) -> torch.Tensor:
     return (q_labels.double() @ db_labels.double().T) > 0
 
 
-def pair_distance_histograms(query_codes, db_codes, query_labels, db_labels
-                             ) -> tuple[np.ndarray, np.ndarray]:
+def pair_distance_histograms(
+    query_codes, db_codes, query_labels, db_labels
+) -> tuple[np.ndarray, np.ndarray]:
     """Hamming-distance histograms of relevant and irrelevant (query, database) pairs.
 
     Args:
@@ -64,11 +65,11 @@ def pair_distance_histograms(query_codes, db_codes, query_labels, db_labels
     nbit = q.shape[1]
     counts = torch.zeros(2 * (nbit + 1), dtype=torch.int64)
     for s in range(0, len(q), _PAIR_BLOCK):
-        d = hamming_distance(q[s:s + _PAIR_BLOCK], g).to(torch.int64)
-        rel = _relevance(ql[s:s + _PAIR_BLOCK], dl)
+        d = hamming_distance(q[s : s + _PAIR_BLOCK], g).to(torch.int64)
+        rel = _relevance(ql[s : s + _PAIR_BLOCK], dl)
         counts += torch.bincount((d + rel * (nbit + 1)).reshape(-1), minlength=2 * (nbit + 1))
     counts = counts.numpy()
-    return counts[nbit + 1:].copy(), counts[:nbit + 1].copy()
+    return counts[nbit + 1 :].copy(), counts[: nbit + 1].copy()
 
 
 def normalise(counts: np.ndarray) -> np.ndarray:
@@ -142,12 +143,14 @@ def distinct_code_share(codes) -> float:
 def code_statistics(codes) -> dict[str, float]:
     """Scalar summary of (N, K) continuous codes for TensorBoard."""
     balance = bit_balance(codes)
-    return {"bit_balance_mean_abs_dev": float(np.abs(balance - 0.5).mean()),
-            "bit_balance_max_abs_dev": float(np.abs(balance - 0.5).max()),
-            "constant_bits": float(((balance == 0) | (balance == 1)).sum()),
-            "bit_correlation_mean_abs": mean_abs_bit_correlation(codes),
-            "quantisation_gap": quantisation_gap(codes),
-            "distinct_code_share": distinct_code_share(codes)}
+    return {
+        "bit_balance_mean_abs_dev": float(np.abs(balance - 0.5).mean()),
+        "bit_balance_max_abs_dev": float(np.abs(balance - 0.5).max()),
+        "constant_bits": float(((balance == 0) | (balance == 1)).sum()),
+        "bit_correlation_mean_abs": mean_abs_bit_correlation(codes),
+        "quantisation_gap": quantisation_gap(codes),
+        "distinct_code_share": distinct_code_share(codes),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,13 +164,15 @@ def pr_curve_points(query_codes, db_codes, query_labels, db_labels) -> dict[str,
     Returns ``{"radius": [0..K], "precision": [...], "recall": [...]}`` (mean over queries;
     precision 0 for a query with no item within r, the engine's convention).
     """
-    report = retrieval_report(query_codes, db_codes, query_labels, db_labels, R=1, ks=(1,),
-                              radius=0, pr_curve=True)
+    report = retrieval_report(
+        query_codes, db_codes, query_labels, db_labels, R=1, ks=(1,), radius=0, pr_curve=True
+    )
     return report["pr_curve"]
 
 
-def precision_at_k_points(query_codes, db_codes, query_labels, db_labels,
-                          ks=None) -> dict[str, list]:
+def precision_at_k_points(
+    query_codes, db_codes, query_labels, db_labels, ks=None
+) -> dict[str, list]:
     """P@k (mean over queries, engine ranking by (distance, index)) for the cut-offs ``ks``.
 
     Default ks: 1, 5, 10, 20, 50, then every 50 up to 1000 (clipped to the database size).
@@ -176,8 +181,9 @@ def precision_at_k_points(query_codes, db_codes, query_labels, db_labels,
     if ks is None:
         ks = [1, 5, 10, 20] + list(range(50, 1001, 50))
     ks = sorted({min(int(k), n_db) for k in ks if int(k) >= 1})
-    report = retrieval_report(query_codes, db_codes, query_labels, db_labels, R=1, ks=ks,
-                              radius=0, pr_curve=False)
+    report = retrieval_report(
+        query_codes, db_codes, query_labels, db_labels, R=1, ks=ks, radius=0, pr_curve=False
+    )
     return {"k": ks, "precision": [report[f"P@{k}"] for k in ks]}
 
 
@@ -187,8 +193,9 @@ def rank_database(query_codes, db_codes, top: int) -> np.ndarray:
     A stable argsort of the distances keeps index order inside equal-distance groups, the
     retrieval engine's tie-break.
     """
-    d = hamming_distance(binarize(torch.as_tensor(query_codes)),
-                         binarize(torch.as_tensor(db_codes))).to(torch.int64)
+    d = hamming_distance(
+        binarize(torch.as_tensor(query_codes)), binarize(torch.as_tensor(db_codes))
+    ).to(torch.int64)
     top = min(int(top), d.shape[1])
     return torch.sort(d, dim=1, stable=True).indices[:, :top].numpy()
 
@@ -209,8 +216,9 @@ def pick_grid_queries(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarr
     return np.asarray(chosen, dtype=np.int64)
 
 
-def retrieval_grid_rows(query_codes, db_codes, query_labels, db_labels, queries,
-                        top: int = 10) -> list[dict[str, Any]]:
+def retrieval_grid_rows(
+    query_codes, db_codes, query_labels, db_labels, queries, top: int = 10
+) -> list[dict[str, Any]]:
     """One row per chosen query: its top-``top`` database items and whether each is relevant.
 
     Returns ``[{"query": i, "retrieved": [db index, ...], "correct": [bool, ...],
@@ -225,10 +233,15 @@ def retrieval_grid_rows(query_codes, db_codes, query_labels, db_labels, queries,
     rows = []
     for row, (qi, items) in enumerate(zip(queries, ranked)):
         items_t = torch.as_tensor(items)
-        rel = _relevance(ql[row:row + 1], dl[items_t])[0]
-        rows.append({"query": int(qi), "retrieved": [int(i) for i in items],
-                     "correct": [bool(x) for x in rel],
-                     "distance": [int(x) for x in d[row, items_t]]})
+        rel = _relevance(ql[row : row + 1], dl[items_t])[0]
+        rows.append(
+            {
+                "query": int(qi),
+                "retrieved": [int(i) for i in items],
+                "correct": [bool(x) for x in rel],
+                "distance": [int(x) for x in d[row, items_t]],
+            }
+        )
     return rows
 
 
@@ -242,9 +255,12 @@ def training_curves(train_history: list[dict], test_history: list[dict]) -> dict
     loss: dict[str, tuple[list, list]] = {}
     for row in train_history:
         for name, value in row.items():
-            if name.startswith("train_") and name != "train_items" and \
-                    isinstance(value, (int, float)):
-                epochs, values = loss.setdefault(name[len("train_"):], ([], []))
+            if (
+                name.startswith("train_")
+                and name != "train_items"
+                and isinstance(value, (int, float))
+            ):
+                epochs, values = loss.setdefault(name[len("train_") :], ([], []))
                 epochs.append(row["epoch"])
                 values.append(float(value))
     maps: dict[str, tuple[list, list]] = {}
@@ -269,14 +285,18 @@ def map_by_bits(rows: list[dict]) -> dict[str, dict[str, list]]:
     grouped: dict[str, dict[int, list[float]]] = {}
     for row in rows:
         grouped.setdefault(row["method"], {}).setdefault(int(row["nbit"]), []).append(
-            float(row["map"]))
+            float(row["map"])
+        )
     out = {}
     for method, by_bits in sorted(grouped.items()):
         bits = sorted(by_bits)
         values = [np.asarray(by_bits[b]) for b in bits]
-        out[method] = {"nbit": bits, "mean": [float(v.mean()) for v in values],
-                       "std": [float(v.std(ddof=1)) if len(v) > 1 else 0.0 for v in values],
-                       "seeds": [len(v) for v in values]}
+        out[method] = {
+            "nbit": bits,
+            "mean": [float(v.mean()) for v in values],
+            "std": [float(v.std(ddof=1)) if len(v) > 1 else 0.0 for v in values],
+            "seeds": [len(v) for v in values],
+        }
     return out
 
 
@@ -293,16 +313,23 @@ def _add_count_histogram(writer, tag: str, counts: np.ndarray, step: int) -> Non
     if total == 0:
         return
     present = np.flatnonzero(counts)
-    writer.add_histogram_raw(tag, min=float(values[present[0]]), max=float(values[present[-1]]),
-                             num=int(total), sum=float((values * counts).sum()),
-                             sum_squares=float((values ** 2 * counts).sum()),
-                             bucket_limits=(values + 0.5).tolist(), bucket_counts=counts.tolist(),
-                             global_step=step)
+    writer.add_histogram_raw(
+        tag,
+        min=float(values[present[0]]),
+        max=float(values[present[-1]]),
+        num=int(total),
+        sum=float((values * counts).sum()),
+        sum_squares=float((values**2 * counts).sum()),
+        bucket_limits=(values + 0.5).tolist(),
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )
 
 
 @torch.no_grad()
-def calibration_pairs(trainer, split, batches: int = 8, seed: int = 0
-                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+def calibration_pairs(
+    trainer, split, batches: int = 8, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The quantity a calibration loss pulls together, on fixed batches of ``split``.
 
     Generic hook: a criterion with ``calibration_pairs(features (M, D), codes (M, K)) ->
@@ -319,11 +346,15 @@ def calibration_pairs(trainer, split, batches: int = 8, seed: int = 0
     if size < 2:
         return None
     order = np.random.default_rng(seed).permutation(n)
-    subset = split.subset(np.sort(order[:size * max(1, min(batches, n // size))]))
+    subset = split.subset(np.sort(order[: size * max(1, min(batches, n // size))]))
     trainer.model.eval()
     sims, targets = [], []
-    loader = torch.utils.data.DataLoader(trainer.transformed(subset, trainer.eval_transform),
-                                         batch_size=size, shuffle=False, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        trainer.transformed(subset, trainer.eval_transform),
+        batch_size=size,
+        shuffle=False,
+        drop_last=True,
+    )
     for images, _, _ in loader:
         output = trainer.model(trainer.to_device(images))
         s, t = hook(output.features, output.codes)
@@ -354,20 +385,24 @@ def log_diagnostics(trainer, writer, epoch: int, codes=None) -> dict[str, float]
         return {}
     val_queries, val_database = trainer.validation
     if codes is None:
-        codes = (trainer.encode(val_queries, "encode validation"),
-                 trainer.encode(val_database, "encode validation db"))
+        codes = (
+            trainer.encode(val_queries, "encode validation"),
+            trainer.encode(val_database, "encode validation db"),
+        )
     query, database = codes
-    same, diff = pair_distance_histograms(query, database, val_queries.labels,
-                                          val_database.labels)
+    same, diff = pair_distance_histograms(query, database, val_queries.labels, val_database.labels)
     all_codes = torch.cat([query, database])
-    scalars = {"hamming_overlap": histogram_overlap(same, diff),
-               "hamming_mean_same_class": histogram_mean(same),
-               "hamming_mean_diff_class": histogram_mean(diff),
-               **code_statistics(all_codes)}
+    scalars = {
+        "hamming_overlap": histogram_overlap(same, diff),
+        "hamming_mean_same_class": histogram_mean(same),
+        "hamming_mean_diff_class": histogram_mean(diff),
+        **code_statistics(all_codes),
+    }
     _add_count_histogram(writer, "diag/hamming_same_class", same, epoch)
     _add_count_histogram(writer, "diag/hamming_diff_class", diff, epoch)
-    writer.add_histogram("diag/bit_balance", bit_balance(all_codes), epoch,
-                         bins=np.linspace(0, 1, 21))
+    writer.add_histogram(
+        "diag/bit_balance", bit_balance(all_codes), epoch, bins=np.linspace(0, 1, 21)
+    )
     pairs = calibration_pairs(trainer, val_queries)
     if pairs is not None:
         sims, targets = pairs

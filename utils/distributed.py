@@ -62,8 +62,10 @@ def prepare_launch(argv: list[str]) -> list[str]:
     if not launched():
         return argv
     if any(arg in ("-m", "--multirun") for arg in argv):
-        raise SystemExit("error: torchrun trains one run on several processes; a sweep (-m) "
-                         "runs its jobs through a launcher instead: drop torchrun or -m")
+        raise SystemExit(
+            "error: torchrun trains one run on several processes; a sweep (-m) "
+            "runs its jobs through a launcher instead: drop torchrun or -m"
+        )
     init()
     atexit.register(dist.destroy_process_group)
     from utils.config import RUN_TIME_ENV
@@ -124,7 +126,7 @@ class _AllGatherRows(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)  # every rank's loss reads every rank's rows
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
 
 
 def all_gather_rows(rows: torch.Tensor, blocks: int = 1) -> torch.Tensor:
@@ -151,14 +153,15 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     params = [p for p in parameters if p.requires_grad]
     if not params:
         return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                      for p in params])
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+    )
     dist.all_reduce(flat)
     flat /= world_size()
     offset = 0
     for p in params:
         size = p.numel()
-        p.grad = flat[offset:offset + size].view_as(p).clone()
+        p.grad = flat[offset : offset + size].view_as(p).clone()
         offset += size
 
 
@@ -188,10 +191,10 @@ def gather_shards(rows: torch.Tensor, n: int) -> torch.Tensor:
     sizes = [shard_bounds(n, r) for r in range(world_size())]
     longest = max(stop - start for start, stop in sizes)
     padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
-    padded[:rows.shape[0]] = rows
+    padded[: rows.shape[0]] = rows
     parts = [torch.empty_like(padded) for _ in range(world_size())]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:stop - start] for part, (start, stop) in zip(parts, sizes)])
+    return torch.cat([part[: stop - start] for part, (start, stop) in zip(parts, sizes)])
 
 
 class RankSlices(torch.utils.data.Sampler[list[int]]):
@@ -206,7 +209,7 @@ class RankSlices(torch.utils.data.Sampler[list[int]]):
         world, me = world_size(), rank()
         for batch in self.batches:
             size = len(batch) // world
-            yield batch[me * size:(me + 1) * size]
+            yield batch[me * size : (me + 1) * size]
 
     def __len__(self) -> int:
         return len(self.batches)

@@ -72,9 +72,9 @@ def settings_of(key: str) -> Iterator[None]:
         raise ConfigError(f"Bad setting under {key}: {bad_value}") from None
 
 
-def exit_on_user_error(function: Callable[P, R],
-                       interrupted: str | None = "interrupted: resume with resume=<run dir>"
-                       ) -> Callable[P, R]:
+def exit_on_user_error(
+    function: Callable[P, R], interrupted: str | None = "interrupted: resume with resume=<run dir>"
+) -> Callable[P, R]:
     """Turn a UserError into one line on stderr and exit status 2 (no traceback), and Ctrl-C
     into the line ``interrupted`` and exit status 130 (None: Ctrl-C is raised as is). Wraps
     every entry point's and script's ``main``."""
@@ -90,8 +90,10 @@ def exit_on_user_error(function: Callable[P, R],
             from utils.distributed import rank
 
             # torchrun: rank 0 says it; another rank says it too, named, in case it alone failed
-            print(("" if rank() == 0 else f"rank {rank()}: ") + f"error: {user_error}",
-                  file=sys.stderr)
+            print(
+                ("" if rank() == 0 else f"rank {rank()}: ") + f"error: {user_error}",
+                file=sys.stderr,
+            )
             sys.exit(2)
         except KeyboardInterrupt:
             if interrupted is None:

@@ -56,8 +56,9 @@ class TorchExtractor:
 
     def __init__(self, backbone: nn.Module, device: torch.device):
         self.backbone, self.device = backbone, torch.device(device)
-        self.channels_last = (self.device.type == "cpu"
-                              and any(isinstance(m, nn.Conv2d) for m in backbone.modules()))
+        self.channels_last = self.device.type == "cpu" and any(
+            isinstance(m, nn.Conv2d) for m in backbone.modules()
+        )
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -109,8 +110,9 @@ class _EngineExtractor:
                     example = images[:2].float().contiguous()
                     # traced on other (seeded random) values than it is checked on: a value the
                     # trace froze into a constant (e.g. computed outside torch) is then caught
-                    runner = self._convert(torch.rand(example.shape,
-                                                      generator=torch.Generator().manual_seed(0)))
+                    runner = self._convert(
+                        torch.rand(example.shape, generator=torch.Generator().manual_seed(0))
+                    )
                     expected = self.backbone(example).float().numpy()
             finally:
                 self.backbone.train(was_training)
@@ -118,11 +120,18 @@ class _EngineExtractor:
             difference = float(np.abs(got - expected).max()) if expected.size else 0.0
             scale = max(1.0, float(np.abs(expected).max()) if expected.size else 1.0)
             if got.shape != expected.shape or not difference <= TOLERANCE * scale:
-                raise EngineMismatch(f"{self.name} gives features {got.shape} that differ from "
-                                     f"eager torch's {expected.shape} by {difference:.3g} "
-                                     f"(allowed {TOLERANCE * scale:.3g})")
-            log.info("feature extractor: %s, %d threads, input %s, max |diff| to torch %.2g",
-                     self.name, self.threads, shape, difference)
+                raise EngineMismatch(
+                    f"{self.name} gives features {got.shape} that differ from "
+                    f"eager torch's {expected.shape} by {difference:.3g} "
+                    f"(allowed {TOLERANCE * scale:.3g})"
+                )
+            log.info(
+                "feature extractor: %s, %d threads, input %s, max |diff| to torch %.2g",
+                self.name,
+                self.threads,
+                shape,
+                difference,
+            )
             self.runners[shape] = runner
         return self.runners[shape]
 
@@ -154,11 +163,15 @@ class OpenVINOExtractor(_EngineExtractor):
 
         shape = ov.PartialShape([-1, *example.shape[1:]])  # dynamic batch, fixed (C, H, W)
         model = ov.convert_model(self.backbone, example_input=example, input=[shape])
-        compiled = ov.Core().compile_model(model, "CPU", {
-            hints.inference_precision: ov.Type.f32,
-            props.inference_num_threads: self.threads,
-            hints.performance_mode: hints.PerformanceMode.LATENCY,
-        })
+        compiled = ov.Core().compile_model(
+            model,
+            "CPU",
+            {
+                hints.inference_precision: ov.Type.f32,
+                props.inference_num_threads: self.threads,
+                hints.performance_mode: hints.PerformanceMode.LATENCY,
+            },
+        )
         return compiled.create_infer_request()
 
     def _run(self, runner, images: np.ndarray) -> np.ndarray:
@@ -184,10 +197,16 @@ class ONNXRuntimeExtractor(_EngineExtractor):
         try:
             # dynamo=False: the TorchScript exporter needs no onnxscript (the dynamo one does)
             # torch writes to a file object too; its annotation names paths only
-            torch.onnx.export(self.backbone, (example,), buffer, dynamo=False,  # type: ignore[arg-type]
-                              opset_version=ONNX_OPSET, input_names=["images"],
-                              output_names=["features"],
-                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+            torch.onnx.export(
+                self.backbone,
+                (example,),
+                buffer,
+                dynamo=False,  # type: ignore[arg-type]
+                opset_version=ONNX_OPSET,
+                input_names=["images"],
+                output_names=["features"],
+                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+            )
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
         options = ort.SessionOptions()
@@ -232,14 +251,21 @@ def resolve_engine(setting, device: torch.device) -> tuple[str, str]:
         return "openvino", "auto: OpenVINO on the CPU"
     missing = missing_packages(setting)
     if missing:
-        raise ConfigError(f"feature_extractor={setting} needs {', '.join(missing)}, which is not "
-                          f"installed: pip install {' '.join(missing)}, or set "
-                          "feature_extractor=auto or torch")
+        raise ConfigError(
+            f"feature_extractor={setting} needs {', '.join(missing)}, which is not "
+            f"installed: pip install {' '.join(missing)}, or set "
+            "feature_extractor=auto or torch"
+        )
     return setting, f"feature_extractor={setting}"
 
 
-def build_extractor(backbone: nn.Module, setting, device: torch.device, example: torch.Tensor,
-                    threads: int | None = None):
+def build_extractor(
+    backbone: nn.Module,
+    setting,
+    device: torch.device,
+    example: torch.Tensor,
+    threads: int | None = None,
+):
     """The extractor that runs ``backbone`` (frozen; eval mode while it runs) for the feature cache.
 
     ``example``: a batch ``(B, C, H, W)`` of real inputs (B >= 1): the engine converts the module
@@ -260,9 +286,15 @@ def build_extractor(backbone: nn.Module, setting, device: torch.device, example:
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         name = type(backbone).__name__
         if str(setting).lower() != "auto":
-            raise ConfigError(f"feature_extractor={engine} cannot run the backbone {name} "
-                              f"({reason}): set feature_extractor=torch") from error
-        log.warning("feature extractor: %s cannot run the backbone %s (%s); using torch",
-                    engine, name, reason)
+            raise ConfigError(
+                f"feature_extractor={engine} cannot run the backbone {name} "
+                f"({reason}): set feature_extractor=torch"
+            ) from error
+        log.warning(
+            "feature extractor: %s cannot run the backbone %s (%s); using torch",
+            engine,
+            name,
+            reason,
+        )
         return TorchExtractor(backbone, device)
     return extractor

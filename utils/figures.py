@@ -33,31 +33,52 @@ GRID_TOP = 10  # retrieved items per row
 GRID_SEED = 0  # fixed: the same queries for every method and run
 THUMBNAIL = 64  # largest side (pixels) of an image in the grid
 
-METHOD_NAMES = {"sdc": "SDC", "sdc_simclr": "SDC-SimCLR", "ugh": "UGH", "bihalf": "BiHalf",
-                "cibhash": "CIBHash", "wch": "WCH", "nsh": "NSH", "lsh": "LSH", "pcah": "PCAH",
-                "itq": "ITQ"}
-DATASET_NAMES = {"cifar10": "CIFAR-10", "imagenet100": "ImageNet100", "nuswide": "NUS-WIDE",
-                 "coco": "MS-COCO"}
+METHOD_NAMES = {
+    "sdc": "SDC",
+    "sdc_simclr": "SDC-SimCLR",
+    "ugh": "UGH",
+    "bihalf": "BiHalf",
+    "cibhash": "CIBHash",
+    "wch": "WCH",
+    "nsh": "NSH",
+    "lsh": "LSH",
+    "pcah": "PCAH",
+    "itq": "ITQ",
+}
+DATASET_NAMES = {
+    "cifar10": "CIFAR-10",
+    "imagenet100": "ImageNet100",
+    "nuswide": "NUS-WIDE",
+    "coco": "MS-COCO",
+}
 
 
 def run_meta(cfg, checkpoint: str, epoch: int, logdir: str | Path) -> dict[str, Any]:
     """What names a run in titles: dataset, method, bits, checkpoint, epoch, folder."""
-    return {"dataset": str(cfg.dataset.name), "method": str(cfg.model.name),
-            "nbit": int(cfg.model.nbit), "checkpoint": str(checkpoint), "epoch": int(epoch),
-            "logdir": str(logdir)}
+    return {
+        "dataset": str(cfg.dataset.name),
+        "method": str(cfg.model.name),
+        "nbit": int(cfg.model.nbit),
+        "checkpoint": str(checkpoint),
+        "epoch": int(epoch),
+        "logdir": str(logdir),
+    }
 
 
 def describe(meta: dict, parts=("dataset", "method", "bits", "checkpoint")) -> str:
     """E.g. 'CIFAR-10 · SDC · 64 bits · best (epoch 90)'."""
-    words = {"dataset": DATASET_NAMES.get(meta["dataset"], meta["dataset"]),
-             "method": METHOD_NAMES.get(meta["method"], meta["method"]),
-             "bits": f"{meta['nbit']} bits",
-             "checkpoint": f"{meta['checkpoint']} (epoch {meta['epoch']})"}
+    words = {
+        "dataset": DATASET_NAMES.get(meta["dataset"], meta["dataset"]),
+        "method": METHOD_NAMES.get(meta["method"], meta["method"]),
+        "bits": f"{meta['nbit']} bits",
+        "checkpoint": f"{meta['checkpoint']} (epoch {meta['epoch']})",
+    }
     return " · ".join(words[p] for p in parts)
 
 
-def compute_figure_data(cfg, query, database, query_labels, db_labels, meta: dict,
-                        logdir: str | Path) -> dict[str, Any]:
+def compute_figure_data(
+    cfg, query, database, query_labels, db_labels, meta: dict, logdir: str | Path
+) -> dict[str, Any]:
     """Every number the run's figures show (JSON-serialisable).
 
     Args:
@@ -66,20 +87,30 @@ def compute_figure_data(cfg, query, database, query_labels, db_labels, meta: dic
     """
     logdir = Path(logdir)
     same, diff = dg.pair_distance_histograms(query, database, query_labels, db_labels)
-    curves = dg.training_curves(read_json(logdir / "train_history.json", []),
-                                read_json(logdir / "test_history.json", []))
-    rows = dg.retrieval_grid_rows(query, database, query_labels, db_labels,
-                                  dg.pick_grid_queries(query_labels, GRID_QUERIES, GRID_SEED),
-                                  GRID_TOP)
-    return {"meta": meta,
-            "main_metric": f"mAP@{'all' if int(cfg.dataset.R) == -1 else int(cfg.dataset.R)}",
-            "pr_curve": dg.pr_curve_points(query, database, query_labels, db_labels),
-            "precision_at_k": dg.precision_at_k_points(query, database, query_labels,
-                                                       db_labels),
-            "distance_histogram": {"same": same.tolist(), "diff": diff.tolist(),
-                                   "overlap": dg.histogram_overlap(same, diff)},
-            "training_curves": curves,
-            "retrieval_grid": rows}
+    curves = dg.training_curves(
+        read_json(logdir / "train_history.json", []), read_json(logdir / "test_history.json", [])
+    )
+    rows = dg.retrieval_grid_rows(
+        query,
+        database,
+        query_labels,
+        db_labels,
+        dg.pick_grid_queries(query_labels, GRID_QUERIES, GRID_SEED),
+        GRID_TOP,
+    )
+    return {
+        "meta": meta,
+        "main_metric": f"mAP@{'all' if int(cfg.dataset.R) == -1 else int(cfg.dataset.R)}",
+        "pr_curve": dg.pr_curve_points(query, database, query_labels, db_labels),
+        "precision_at_k": dg.precision_at_k_points(query, database, query_labels, db_labels),
+        "distance_histogram": {
+            "same": same.tolist(),
+            "diff": diff.tolist(),
+            "overlap": dg.histogram_overlap(same, diff),
+        },
+        "training_curves": curves,
+        "retrieval_grid": rows,
+    }
 
 
 def thumbnail(image) -> np.ndarray:
@@ -99,10 +130,19 @@ def class_name(label, class_names=None) -> str:
     return f"class {int(label)}"
 
 
-def write_run_plots(cfg, query, database, query_labels, db_labels, checkpoint: str, epoch: int,
-                    logdir: str | Path, outdir: str | Path | None = None,
-                    grid_images: Callable[[list[dict]], tuple[Any, str | None]] | None = None,
-                    class_names: Sequence[str] | None = None) -> dict[str, Any]:
+def write_run_plots(
+    cfg,
+    query,
+    database,
+    query_labels,
+    db_labels,
+    checkpoint: str,
+    epoch: int,
+    logdir: str | Path,
+    outdir: str | Path | None = None,
+    grid_images: Callable[[list[dict]], tuple[Any, str | None]] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Compute and write every figure of one evaluated checkpoint (see the module docstring).
 
     ``grid_images(rows)`` returns the thumbnails of the retrieval grid's rows as ``((queries,
@@ -120,31 +160,54 @@ def write_run_plots(cfg, query, database, query_labels, db_labels, checkpoint: s
     data = compute_figure_data(cfg, query, database, query_labels, db_labels, meta, logdir)
     title = describe(meta)
     files, notes = [], []
-    files.append(plots.save(plots.pr_curve([("", data["pr_curve"])], title),
-                            outdir / f"pr_curve_{checkpoint}.png"))
-    files.append(plots.save(plots.precision_at_k([("", data["precision_at_k"])], title),
-                            outdir / f"precision_at_k_{checkpoint}.png"))
+    files.append(
+        plots.save(
+            plots.pr_curve([("", data["pr_curve"])], title), outdir / f"pr_curve_{checkpoint}.png"
+        )
+    )
+    files.append(
+        plots.save(
+            plots.precision_at_k([("", data["precision_at_k"])], title),
+            outdir / f"precision_at_k_{checkpoint}.png",
+        )
+    )
     hist = data["distance_histogram"]
-    files.append(plots.save(plots.distance_histograms(
-        [{"label": "query-database pairs", **hist}], title),
-        outdir / f"distance_histogram_{checkpoint}.png"))
+    files.append(
+        plots.save(
+            plots.distance_histograms([{"label": "query-database pairs", **hist}], title),
+            outdir / f"distance_histogram_{checkpoint}.png",
+        )
+    )
     curves = data["training_curves"]
     if curves["loss"] or curves["map"]:
-        files.append(plots.save(plots.training_curves(
-            [("", curves)], describe(meta, ("dataset", "method", "bits"))),
-            outdir / "training_curves.png"))
+        files.append(
+            plots.save(
+                plots.training_curves(
+                    [("", curves)], describe(meta, ("dataset", "method", "bits"))
+                ),
+                outdir / "training_curves.png",
+            )
+        )
     else:
         notes.append("training curves skipped: the run has no train/test history")
-    images, note = (grid_images(data["retrieval_grid"]) if grid_images is not None
-                    else (None, "retrieval grid skipped: no images were given"))
+    images, note = (
+        grid_images(data["retrieval_grid"])
+        if grid_images is not None
+        else (None, "retrieval grid skipped: no images were given")
+    )
     if images is None:
         notes.append(note or "retrieval grid skipped")
     else:
-        names = [f"{class_name(np.asarray(query_labels)[r['query']], class_names)}\nquery {r['query']}"
-                 for r in data["retrieval_grid"]]
-        files.append(plots.save(plots.retrieval_grid(data["retrieval_grid"], images[0],
-                                                     images[1], names, title),
-                                outdir / f"retrieval_grid_{checkpoint}.png"))
+        names = [
+            f"{class_name(np.asarray(query_labels)[r['query']], class_names)}\nquery {r['query']}"
+            for r in data["retrieval_grid"]
+        ]
+        files.append(
+            plots.save(
+                plots.retrieval_grid(data["retrieval_grid"], images[0], images[1], names, title),
+                outdir / f"retrieval_grid_{checkpoint}.png",
+            )
+        )
     for note in notes:
         log.info(note)
         print(note)
@@ -170,17 +233,25 @@ def write_comparison_plots(runs: list[dict], outdir: str | Path) -> list[Path]:
     shared = tuple(p for p in parts if len({describe(m, (p,)) for m in metas}) == 1)
     own = tuple(p for p in parts if p not in shared)
     title = describe(metas[0], shared) if shared else "runs"
-    labels = [describe(m, own) if own else Path(m['logdir']).name for m in metas]
+    labels = [describe(m, own) if own else Path(m["logdir"]).name for m in metas]
     files = [
-        plots.save(plots.distance_histograms(
-            [{"label": label, **r["distance_histogram"]} for label, r in zip(labels, runs)],
-            title + " — Hamming distances of query-database pairs"),
-            outdir / "compare_distance_histogram.png"),
-        plots.save(plots.pr_curve([(label, r["pr_curve"]) for label, r in zip(labels, runs)],
-                                  title), outdir / "compare_pr_curve.png"),
-        plots.save(plots.precision_at_k([(label, r["precision_at_k"])
-                                         for label, r in zip(labels, runs)], title),
-                   outdir / "compare_precision_at_k.png"),
+        plots.save(
+            plots.distance_histograms(
+                [{"label": label, **r["distance_histogram"]} for label, r in zip(labels, runs)],
+                title + " — Hamming distances of query-database pairs",
+            ),
+            outdir / "compare_distance_histogram.png",
+        ),
+        plots.save(
+            plots.pr_curve([(label, r["pr_curve"]) for label, r in zip(labels, runs)], title),
+            outdir / "compare_pr_curve.png",
+        ),
+        plots.save(
+            plots.precision_at_k(
+                [(label, r["precision_at_k"]) for label, r in zip(labels, runs)], title
+            ),
+            outdir / "compare_precision_at_k.png",
+        ),
     ]
     curves = []
     run_parts = tuple(p for p in own if p != "checkpoint")  # the curves do not depend on it
@@ -188,12 +259,24 @@ def write_comparison_plots(runs: list[dict], outdir: str | Path) -> list[Path]:
         label = describe(meta, run_parts) if run_parts else Path(meta["logdir"]).name
         c = r["training_curves"]
         key = r["main_metric"]
-        curves.append((label, {"loss": {k: v for k, v in c["loss"].items() if k == "loss"},
-                               "map": {k: v for k, v in c["map"].items() if k == key}}))
+        curves.append(
+            (
+                label,
+                {
+                    "loss": {k: v for k, v in c["loss"].items() if k == "loss"},
+                    "map": {k: v for k, v in c["map"].items() if k == key},
+                },
+            )
+        )
     if any(c["loss"] or c["map"] for _, c in curves):
-        files.append(plots.save(plots.training_curves(
-            curves, describe(metas[0], tuple(p for p in shared if p != "checkpoint"))),
-                                outdir / "compare_training_curves.png"))
+        files.append(
+            plots.save(
+                plots.training_curves(
+                    curves, describe(metas[0], tuple(p for p in shared if p != "checkpoint"))
+                ),
+                outdir / "compare_training_curves.png",
+            )
+        )
     print(f"comparison figures written to {outdir}: " + ", ".join(f.name for f in files))
     return files
 
@@ -213,12 +296,18 @@ def write_map_vs_bits(rows: list[dict], out_dir: str | Path, checkpoint: str) ->
         settings[(row["dataset"], row["backbone"], row["input"], row["R"])].append(row)
     files = []
     for (dataset, backbone, size, r), group in sorted(settings.items(), key=str):
-        data = dg.map_by_bits([{**g, "method": METHOD_NAMES.get(g["method"], g["method"])}
-                               for g in group])
-        title = (f"{DATASET_NAMES.get(dataset, dataset)} · {backbone}"
-                 f"{f' · {size} px' if size else ''} · {checkpoint} checkpoint")
-        name = ("map_vs_bits.png" if len(settings) == 1 else
-                f"map_vs_bits_{dataset}_{backbone}_{size}_{r}.png")
+        data = dg.map_by_bits(
+            [{**g, "method": METHOD_NAMES.get(g["method"], g["method"])} for g in group]
+        )
+        title = (
+            f"{DATASET_NAMES.get(dataset, dataset)} · {backbone}"
+            f"{f' · {size} px' if size else ''} · {checkpoint} checkpoint"
+        )
+        name = (
+            "map_vs_bits.png"
+            if len(settings) == 1
+            else f"map_vs_bits_{dataset}_{backbone}_{size}_{r}.png"
+        )
         files.append(plots.save(plots.map_vs_bits(data, title, f"mAP@{r}"), Path(out_dir) / name))
     print("written: " + ", ".join(map(str, files)))
     return files

@@ -23,18 +23,37 @@ from utils.checkpoint import write_bytes  # noqa: E402
 COLUMN = 3.4  # inches, one column of a two-column paper
 PAGE = 7.0  # inches, full text width
 DPI = 200
-STYLE = {"font.size": 7.5, "axes.titlesize": 7.5, "axes.labelsize": 7.5, "legend.fontsize": 6.5,
-         "xtick.labelsize": 6.5, "ytick.labelsize": 6.5, "figure.titlesize": 8,
-         "axes.spines.top": False, "axes.spines.right": False, "lines.linewidth": 1.2,
-         "lines.markersize": 3, "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5}
+STYLE = {
+    "font.size": 7.5,
+    "axes.titlesize": 7.5,
+    "axes.labelsize": 7.5,
+    "legend.fontsize": 6.5,
+    "xtick.labelsize": 6.5,
+    "ytick.labelsize": 6.5,
+    "figure.titlesize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.5,
+}
 SAME_COLOR, DIFF_COLOR = "#1f77b4", "#d62728"
 matplotlib.rcParams.update(STYLE)  # this module is the project's only matplotlib user
 
 
 def figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kwargs):
     """A figure of exactly width x height inches (its PNG: width*DPI x height*DPI pixels)."""
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), dpi=DPI,
-                             layout="constrained", squeeze=False, **kwargs)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(width, height),
+        dpi=DPI,
+        layout="constrained",
+        squeeze=False,
+        **kwargs,
+    )
     return fig, axes
 
 
@@ -66,11 +85,20 @@ def pr_curve(curves: Sequence[tuple[str, dict]], title: str):
     nbit = first["radius"][-1]
     for r, offset in ((0, (5, -9)), (2, (5, 3)), (nbit, (-4, 10))):
         if len(curves) == 1 and r < len(first["radius"]):
-            ax.annotate(f"r={r}", (first["recall"][r], first["precision"][r]),
-                        textcoords="offset points", xytext=offset, fontsize=6,
-                        ha="right" if r == nbit else "left")
-    ax.set(xlabel="recall within Hamming radius r", ylabel="precision within Hamming radius r",
-           xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+            ax.annotate(
+                f"r={r}",
+                (first["recall"][r], first["precision"][r]),
+                textcoords="offset points",
+                xytext=offset,
+                fontsize=6,
+                ha="right" if r == nbit else "left",
+            )
+    ax.set(
+        xlabel="recall within Hamming radius r",
+        ylabel="precision within Hamming radius r",
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 1.02),
+    )
     ax.set_title(title)
     if len(curves) > 1:
         _legend(ax)
@@ -102,15 +130,16 @@ def distance_histograms(panels: Sequence[dict], title: str, per_row: int = 4):
     nrows = -(-n // ncols)
     width = COLUMN if n == 1 else PAGE
     # one y scale for all panels: a collapsed distribution shows as a taller, narrower peak
-    fig, axes = figure(width, 2.4 if n == 1 else 1.75 * nrows + 0.35, nrows, ncols,
-                       sharey=True)
+    fig, axes = figure(width, 2.4 if n == 1 else 1.75 * nrows + 0.35, nrows, ncols, sharey=True)
     for i, panel in enumerate(panels):
         ax = axes[i // ncols, i % ncols]
         same = np.asarray(panel["same"], dtype=float)
         diff = np.asarray(panel["diff"], dtype=float)
         d = np.arange(len(same))
-        for counts, color, name in ((same, SAME_COLOR, "same class"),
-                                    (diff, DIFF_COLOR, "different class")):
+        for counts, color, name in (
+            (same, SAME_COLOR, "same class"),
+            (diff, DIFF_COLOR, "different class"),
+        ):
             frac = counts / counts.sum() if counts.sum() else counts
             ax.fill_between(d, frac, step="mid", color=color, alpha=0.35, linewidth=0)
             ax.step(d, frac, where="mid", color=color, linewidth=0.9, label=name)
@@ -121,8 +150,14 @@ def distance_histograms(panels: Sequence[dict], title: str, per_row: int = 4):
     for j in range(n, nrows * ncols):
         axes[j // ncols, j % ncols].axis("off")
     handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=2, frameon=False,
-               fontsize=STYLE["legend.fontsize"])
+    fig.legend(
+        handles,
+        names,
+        loc="outside lower center",
+        ncols=2,
+        frameon=False,
+        fontsize=STYLE["legend.fontsize"],
+    )
     fig.suptitle(title, fontsize=STYLE["figure.titlesize"])
     return fig
 
@@ -133,8 +168,7 @@ def training_curves(runs: Sequence[tuple[str, dict]], title: str):
     runs: [(label, {"loss": {term: (epochs, values)}, "map": {name: (epochs, values)}}), ...];
     with several runs, line labels are prefixed with the run label.
     """
-    fig, axes = figure(PAGE if len(runs) > 1 else COLUMN * 2, 2.9 if len(runs) > 1 else 2.4,
-                       1, 2)
+    fig, axes = figure(PAGE if len(runs) > 1 else COLUMN * 2, 2.9 if len(runs) > 1 else 2.4, 1, 2)
     left, right = axes[0]
     prefix = len(runs) > 1
     per_run = []  # the lines of each run, for a legend with one column per run
@@ -143,10 +177,15 @@ def training_curves(runs: Sequence[tuple[str, dict]], title: str):
         for term, (epochs, values) in curves["loss"].items():
             lines += left.plot(epochs, values, label=f"{label}: {term}" if prefix else term)
         for name, (epochs, values) in curves["map"].items():
-            name = (f"validation {name[4:]}" if name.startswith("val_") else
-                    f"query {name}").replace("mAP_tie", "tie-aware mAP")
-            lines += right.plot(epochs, np.asarray(values) * 100, marker="o",
-                                label=f"{label}: {name}" if prefix else name)
+            name = (
+                f"validation {name[4:]}" if name.startswith("val_") else f"query {name}"
+            ).replace("mAP_tie", "tie-aware mAP")
+            lines += right.plot(
+                epochs,
+                np.asarray(values) * 100,
+                marker="o",
+                label=f"{label}: {name}" if prefix else name,
+            )
         per_run.append(lines)
     left.set(xlabel="epoch", ylabel="training loss (per item, epoch mean)")
     left.set_title("loss terms")
@@ -158,15 +197,25 @@ def training_curves(runs: Sequence[tuple[str, dict]], title: str):
             _legend(ax)
     if prefix:  # several runs: one legend under both panels, clear of the curves
         handles = [line for lines in per_run for line in lines]
-        fig.legend(handles, [h.get_label() for h in handles], loc="outside lower center",
-                   ncols=len(runs) if len({len(x) for x in per_run}) == 1 else 3,
-                   frameon=False, fontsize=STYLE["legend.fontsize"])
+        fig.legend(
+            handles,
+            [h.get_label() for h in handles],
+            loc="outside lower center",
+            ncols=len(runs) if len({len(x) for x in per_run}) == 1 else 3,
+            frameon=False,
+            fontsize=STYLE["legend.fontsize"],
+        )
     fig.suptitle(title, fontsize=STYLE["figure.titlesize"])
     return fig
 
 
-def retrieval_grid(rows: Sequence[dict], query_images: Sequence, db_images: Sequence[Sequence],
-                   query_names: Sequence[str], title: str):
+def retrieval_grid(
+    rows: Sequence[dict],
+    query_images: Sequence,
+    db_images: Sequence[Sequence],
+    query_names: Sequence[str],
+    title: str,
+):
     """One row per query: the query image, then its top-k database images framed green
     (relevant) or red (not relevant), with the Hamming distance under each.
 
@@ -179,8 +228,8 @@ def retrieval_grid(rows: Sequence[dict], query_images: Sequence, db_images: Sequ
     fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.02, hspace=0.02)
     for i, row in enumerate(rows):
         cells = [(query_images[i], None, None)] + [
-            (img, ok, dist) for img, ok, dist in zip(db_images[i], row["correct"],
-                                                     row["distance"])]
+            (img, ok, dist) for img, ok, dist in zip(db_images[i], row["correct"], row["distance"])
+        ]
         for j, (img, ok, dist) in enumerate(cells):
             ax = axes[i, j]
             ax.imshow(img, cmap="gray" if np.ndim(img) == 2 else None, interpolation="nearest")
@@ -195,14 +244,17 @@ def retrieval_grid(rows: Sequence[dict], query_images: Sequence, db_images: Sequ
             if j == 0:
                 ax.set_ylabel(query_names[i], fontsize=6, rotation=0, ha="right", va="center")
             else:
-                ax.set_xlabel(f"{'✓' if ok else '✗'} d={dist}", fontsize=5.5, color=color,
-                              labelpad=1)
+                ax.set_xlabel(
+                    f"{'✓' if ok else '✗'} d={dist}", fontsize=5.5, color=color, labelpad=1
+                )
         if i == 0:
             axes[0, 0].set_title("query", fontsize=6.5)
             for j in range(1, top + 1):
                 axes[0, j].set_title(f"#{j}", fontsize=6.5)
-    fig.suptitle(title + " — green: same class, red: wrong; d = Hamming distance (bits)",
-                 fontsize=STYLE["figure.titlesize"])
+    fig.suptitle(
+        title + " — green: same class, red: wrong; d = Hamming distance (bits)",
+        fontsize=STYLE["figure.titlesize"],
+    )
     return fig
 
 
@@ -214,8 +266,14 @@ def map_vs_bits(data: dict[str, dict], title: str, metric: str):
     fig, axes = figure(COLUMN, 2.6)
     ax = axes[0, 0]
     for method, d in data.items():
-        ax.errorbar(d["nbit"], np.asarray(d["mean"]) * 100, yerr=np.asarray(d["std"]) * 100,
-                    marker="o", capsize=2.5, label=method)
+        ax.errorbar(
+            d["nbit"],
+            np.asarray(d["mean"]) * 100,
+            yerr=np.asarray(d["std"]) * 100,
+            marker="o",
+            capsize=2.5,
+            label=method,
+        )
     bits = sorted({b for d in data.values() for b in d["nbit"]})
     ax.set_xscale("log", base=2)
     ax.set_xticks(bits, [str(b) for b in bits])

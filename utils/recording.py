@@ -79,8 +79,11 @@ class RunRecorder:
         """One epoch's row: ``epoch``, ``lr/<group>``, ``train_<term>`` (TensorBoard train/<term>)."""
         for name, value in row.items():
             if name != "epoch":
-                self.scalar(name if name.startswith("lr/") else "train/" + name.removeprefix("train_"),
-                            value, row["epoch"])
+                self.scalar(
+                    name if name.startswith("lr/") else "train/" + name.removeprefix("train_"),
+                    value,
+                    row["epoch"],
+                )
         self.train_history.append(row)
 
     def add_test_row(self, row: dict[str, Any]) -> None:
@@ -95,20 +98,32 @@ class RunRecorder:
         """Keep the model of this evaluation in best.pt when its score beats the best so far
         (strictly: the earliest epoch wins ties); returns whether it did."""
         epoch = int(test_row["epoch"])
-        score = {"val": test_row.get(f"val_{self.main_key}"), "query": test_row[self.main_key],
-                 "last": float(epoch)}[self.select_on]
+        score = {
+            "val": test_row.get(f"val_{self.main_key}"),
+            "query": test_row[self.main_key],
+            "last": float(epoch),
+        }[self.select_on]
         if score is None or not score > self.best["metric"]:
             return False
         self.best = {"metric": float(score), "epoch": epoch}
         if self.writes:
-            save_checkpoint({"model": model_state(), "epoch": epoch, "selected_on": self.select_on,
-                             "metric": float(score)}, self.checkpoint_dir / "best.pt")
+            save_checkpoint(
+                {
+                    "model": model_state(),
+                    "epoch": epoch,
+                    "selected_on": self.select_on,
+                    "metric": float(score),
+                },
+                self.checkpoint_dir / "best.pt",
+            )
         return True
 
     def best_fields(self) -> dict[str, Any]:
         """The selection state a checkpoint carries so that a resume continues it."""
-        return {"best_metric": float(self.best["metric"]),
-                "best_epoch": -1 if self.best["epoch"] is None else int(self.best["epoch"])}
+        return {
+            "best_metric": float(self.best["metric"]),
+            "best_epoch": -1 if self.best["epoch"] is None else int(self.best["epoch"]),
+        }
 
     # ------------------------------------------------------------------ persistence
     def save(self, state: dict[str, Any]) -> None:
@@ -124,24 +139,31 @@ class RunRecorder:
         its epoch (rows written after it belong to the epoch that was interrupted). Returns
         the epoch."""
         epoch = int(state["epoch"])
-        self.best = {"metric": float(state["best_metric"]),
-                     "epoch": None if state["best_epoch"] < 0 else int(state["best_epoch"])}
-        self.train_history = [r for r in read_json(self.logdir / "train_history.json", [])
-                              if r["epoch"] <= epoch]
-        self.test_history = [r for r in read_json(self.logdir / "test_history.json", [])
-                             if r["epoch"] <= epoch]
+        self.best = {
+            "metric": float(state["best_metric"]),
+            "epoch": None if state["best_epoch"] < 0 else int(state["best_epoch"]),
+        }
+        self.train_history = [
+            r for r in read_json(self.logdir / "train_history.json", []) if r["epoch"] <= epoch
+        ]
+        self.test_history = [
+            r for r in read_json(self.logdir / "test_history.json", []) if r["epoch"] <= epoch
+        ]
         return epoch
 
-    def write_metrics(self, final: dict[str, Any], epochs: int, seconds: float,
-                      split_sizes: dict[str, int]) -> dict[str, Any]:
+    def write_metrics(
+        self, final: dict[str, Any], epochs: int, seconds: float, split_sizes: dict[str, int]
+    ) -> dict[str, Any]:
         """metrics.json: the last model's metrics, the selected checkpoint's row, the main
         metric's name, the training time and the split sizes; returns it."""
         best_row = next((r for r in self.test_history if r["epoch"] == self.best["epoch"]), None)
-        metrics = {"last": {"epoch": epochs, **final},
-                   "best": None if best_row is None else {"selected_on": self.select_on, **best_row},
-                   "main_metric": self.main_key,
-                   "train_seconds": seconds,
-                   "split_sizes": split_sizes}
+        metrics = {
+            "last": {"epoch": epochs, **final},
+            "best": None if best_row is None else {"selected_on": self.select_on, **best_row},
+            "main_metric": self.main_key,
+            "train_seconds": seconds,
+            "split_sizes": split_sizes,
+        }
         if self.writes:
             write_json(metrics, self.logdir / "metrics.json")
         return metrics

@@ -24,7 +24,7 @@ def _backend_available(kind: str) -> bool:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """"auto" -> CUDA when available, else Apple's MPS when available, else CPU; any other name
+    """ "auto" -> CUDA when available, else Apple's MPS when available, else CPU; any other name
     is checked: an unknown or unavailable device is one ConfigError sentence."""
     if name in (None, "auto"):
         for kind in ("cuda", "mps"):
@@ -34,15 +34,23 @@ def resolve_device(name: str | None) -> torch.device:
     try:
         device = torch.device(str(name))
     except (RuntimeError, ValueError):
-        raise ConfigError(f"device={name} is not a device name: use device=auto, cpu, cuda, "
-                          "cuda:<index> or mps") from None
+        raise ConfigError(
+            f"device={name} is not a device name: use device=auto, cpu, cuda, cuda:<index> or mps"
+        ) from None
     if not _backend_available(device.type):
-        raise ConfigError(f"device={name} but {device.type.upper()} is not available here: use "
-                          "device=auto or device=cpu")
-    if device.type == "cuda" and device.index is not None \
-            and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA "
-                          "device(s): pick another index or use device=auto")
+        raise ConfigError(
+            f"device={name} but {device.type.upper()} is not available here: use "
+            "device=auto or device=cpu"
+        )
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and device.index >= torch.cuda.device_count()
+    ):
+        raise ConfigError(
+            f"device={name} but this machine has {torch.cuda.device_count()} CUDA "
+            "device(s): pick another index or use device=auto"
+        )
     return device
 
 

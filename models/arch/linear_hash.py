@@ -51,7 +51,7 @@ class LinearHashHead(HashHead):
     """
 
     method = "linear"
-    mean: torch.Tensor        # buffers (D,), (D, K), () bool, registered in __init__
+    mean: torch.Tensor  # buffers (D,), (D, K), () bool, registered in __init__
     projection: torch.Tensor
     fitted: torch.Tensor
 
@@ -72,10 +72,12 @@ class LinearHashHead(HashHead):
                 f"{self.method.upper()} projects onto principal directions, of which there are at "
                 f"most min(features D = {self.in_features}, training items N = {n_train}) = "
                 f"{limit}; got model.nbit={self.nbit}: use model.nbit <= {limit} or a backbone "
-                "with more features")
+                "with more features"
+            )
 
-    def fit_projection(self, x: np.ndarray, seed: int
-                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    def fit_projection(
+        self, x: np.ndarray, seed: int
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """x (N, D) float64 -> (mean (D,), projection (D, K), info dict of numbers/lists)."""
         raise NotImplementedError
 
@@ -83,12 +85,15 @@ class LinearHashHead(HashHead):
         """Fit the buffers on training features (N, D) (tensor or array); returns fit info."""
         x = _as_float64(features)
         if x.shape[1] != self.in_features:
-            raise ValueError(f"fit: features have width {x.shape[1]}, the head expects "
-                             f"{self.in_features}")
+            raise ValueError(
+                f"fit: features have width {x.shape[1]}, the head expects {self.in_features}"
+            )
         self.check_nbit(x.shape[0])
         if not np.isfinite(x).all():
-            raise TrainingError(f"{self.method.upper()}: the training features contain NaN or "
-                                "infinite values; check the backbone and the input data")
+            raise TrainingError(
+                f"{self.method.upper()}: the training features contain NaN or "
+                "infinite values; check the backbone and the input data"
+            )
         mean, projection, info = self.fit_projection(x, int(seed))
         self.mean.copy_(torch.as_tensor(mean, dtype=self.mean.dtype))
         self.projection.copy_(torch.as_tensor(projection, dtype=self.projection.dtype))
@@ -97,8 +102,10 @@ class LinearHashHead(HashHead):
 
     def forward(self, features: torch.Tensor) -> HashOutput:
         if not bool(self.fitted):
-            raise TrainingError(f"The {self.method.upper()} projection has not been fitted: "
-                                "train it with main_v2.py (closed form) or load its checkpoint")
+            raise TrainingError(
+                f"The {self.method.upper()} projection has not been fitted: "
+                "train it with main_v2.py (closed form) or load its checkpoint"
+            )
         codes = (features - self.mean.to(features.dtype)) @ self.projection.to(features.dtype)
         return HashOutput(features=features, codes=codes)
 
@@ -118,8 +125,9 @@ class LSHHead(LinearHashHead):
         super().__init__(in_features, nbit)
         self.center = bool(center)
 
-    def fit_projection(self, x: np.ndarray, seed: int
-                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    def fit_projection(
+        self, x: np.ndarray, seed: int
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         rng = np.random.default_rng(seed)
         mean = x.mean(axis=0) if self.center else np.zeros(x.shape[1])
         return mean, rng.standard_normal((x.shape[1], self.nbit)), {}
@@ -134,11 +142,15 @@ class PCAHHead(LinearHashHead):
     def max_nbit(self, n_train: int) -> int:
         return min(self.in_features, n_train)
 
-    def fit_projection(self, x: np.ndarray, seed: int
-                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    def fit_projection(
+        self, x: np.ndarray, seed: int
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         pca = PCA(n_components=self.nbit, svd_solver="full").fit(x)
-        return pca.mean_, pca.components_.T, {
-            "explained_variance_ratio": float(pca.explained_variance_ratio_.sum())}
+        return (
+            pca.mean_,
+            pca.components_.T,
+            {"explained_variance_ratio": float(pca.explained_variance_ratio_.sum())},
+        )
 
 
 class ITQHead(LinearHashHead):
@@ -179,17 +191,24 @@ class ITQHead(LinearHashHead):
 
         losses = [quantization_loss(_sign(v @ rotation), rotation)]
         for _ in range(self.iterations):
-            codes = _sign(v @ rotation)                       # fix R, best B
-            rotation, _ = orthogonal_procrustes(v, codes)     # fix B, best orthogonal R: SVD of V^T B
+            codes = _sign(v @ rotation)  # fix R, best B
+            rotation, _ = orthogonal_procrustes(v, codes)  # fix B, best orthogonal R: SVD of V^T B
             losses.append(quantization_loss(codes, rotation))
         return rotation, losses
 
-    def fit_projection(self, x: np.ndarray, seed: int
-                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    def fit_projection(
+        self, x: np.ndarray, seed: int
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         pca = PCA(n_components=self.nbit, svd_solver="full").fit(x)
         v = pca.transform(x)  # (x - mean) @ components^T, (N, K)
         rotation, losses = self.rotate(v, seed)
         self.rotation, self.quantization_losses = rotation, losses
-        return pca.mean_, pca.components_.T @ rotation, {
-            "quantization_loss": losses[-1], "quantization_loss_initial": losses[0],
-            "quantization_losses": losses}
+        return (
+            pca.mean_,
+            pca.components_.T @ rotation,
+            {
+                "quantization_loss": losses[-1],
+                "quantization_loss_initial": losses[0],
+                "quantization_losses": losses,
+            },
+        )

@@ -26,5 +26,8 @@ class NSHHead(HashHead):
         self.latent_encoder = nn.Sequential(nn.Linear(self.in_features, self.latent_dim), L2Norm())
 
     def forward(self, features: torch.Tensor) -> HashOutput:
-        return HashOutput(features=features, codes=self.hash_encoder(features),
-                          extra={"latent": self.latent_encoder(features)})
+        return HashOutput(
+            features=features,
+            codes=self.hash_encoder(features),
+            extra={"latent": self.latent_encoder(features)},
+        )

@@ -31,21 +31,28 @@ from models.layers.sign import sign_ste
 _COS_EPS = 1e-8  # as torch.nn.functional.cosine_similarity
 
 
-def cross_attention(x1: torch.Tensor, x2: torch.Tensor,
-                    temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def cross_attention(
+    x1: torch.Tensor, x2: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Parameter-free cross-attention between two views' tokens (B, P, d) -> (X1', X2'), each (B, P, d).
 
     X1'[n, j] mixes view-1 tokens for each view-2 position j; X2'[n, i] mixes view-2 tokens for
     each view-1 position i (weights from cosine similarities, mixtures of the raw tokens).
     """
-    similarity = (F.normalize(x1, dim=-1, eps=_COS_EPS)
-                  @ F.normalize(x2, dim=-1, eps=_COS_EPS).transpose(1, 2)) / temperature  # S[n, i, j]
-    x1_mixed = F.softmax(similarity, dim=1).transpose(1, 2) @ x1  # [n, j] = sum_i softmax_i * X1[n, i]
-    x2_mixed = F.softmax(similarity, dim=2) @ x2                  # [n, i] = sum_j softmax_j * X2[n, j]
+    similarity = (
+        F.normalize(x1, dim=-1, eps=_COS_EPS)
+        @ F.normalize(x2, dim=-1, eps=_COS_EPS).transpose(1, 2)
+    ) / temperature  # S[n, i, j]
+    x1_mixed = (
+        F.softmax(similarity, dim=1).transpose(1, 2) @ x1
+    )  # [n, j] = sum_i softmax_i * X1[n, i]
+    x2_mixed = F.softmax(similarity, dim=2) @ x2  # [n, i] = sum_j softmax_j * X2[n, j]
     return x1_mixed, x2_mixed
 
 
-def mean_max_cosine(a: torch.Tensor, b: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+def mean_max_cosine(
+    a: torch.Tensor, b: torch.Tensor, chunk_size: int | None = None
+) -> torch.Tensor:
     """W0[n, m] = (1 / P) sum_i max_j cos(a[n, i], b[m, j]) for a (Na, P, d), b (Nb, Q, d) -> (Na, Nb).
 
     The full computation holds Na x Nb x P x Q cosines (64 x 64 x 196 x 196 = 157 M floats,
@@ -60,8 +67,8 @@ def mean_max_cosine(a: torch.Tensor, b: torch.Tensor, chunk_size: int | None = N
     step = a.shape[0] if not chunk_size else max(1, int(chunk_size))
     rows = []
     for start in range(0, a.shape[0], step):
-        cosines = torch.einsum("nid,mjd->nmij", a[start:start + step], b)  # (c, Nb, P, Q)
-        rows.append(cosines.max(dim=3).values.mean(dim=2))                   # (c, Nb)
+        cosines = torch.einsum("nid,mjd->nmij", a[start : start + step], b)  # (c, Nb, P, Q)
+        rows.append(cosines.max(dim=3).values.mean(dim=2))  # (c, Nb)
     return torch.cat(rows)
 
 
@@ -96,13 +103,21 @@ class WCHHead(HashHead):
 
     input_kind = "tokens"
 
-    def __init__(self, in_features: int, nbit: int, tau_w: float = 0.2,
-                 attention_temperature: float = 1.0, token_dim: int | None = None,
-                 max_chunk_elements: int = 2 ** 25):
+    def __init__(
+        self,
+        in_features: int,
+        nbit: int,
+        tau_w: float = 0.2,
+        attention_temperature: float = 1.0,
+        token_dim: int | None = None,
+        max_chunk_elements: int = 2**25,
+    ):
         super().__init__(in_features, nbit)
         if tau_w <= 0 or attention_temperature <= 0:
-            raise ValueError(f"WCH: tau_w and attention_temperature must be > 0, got {tau_w} "
-                             f"and {attention_temperature}")
+            raise ValueError(
+                f"WCH: tau_w and attention_temperature must be > 0, got {tau_w} "
+                f"and {attention_temperature}"
+            )
         self.token_dim = int(token_dim) if token_dim else self.in_features
         self.tau_w = float(tau_w)
         self.attention_temperature = float(attention_temperature)
@@ -117,8 +132,10 @@ class WCHHead(HashHead):
 
     def _check(self, tokens: torch.Tensor) -> None:
         if tokens.dim() != 3 or tokens.shape[-1] != self.token_dim:
-            raise ValueError(f"WCH expects patch tokens (B, P, token_dim={self.token_dim}) but "
-                             f"got shape {tuple(tokens.shape)}")
+            raise ValueError(
+                f"WCH expects patch tokens (B, P, token_dim={self.token_dim}) but "
+                f"got shape {tuple(tokens.shape)}"
+            )
 
     def hash(self, pooled: torch.Tensor) -> torch.Tensor:
         """H(y) for y = fc_norm(pooled tokens) (B, d) -> +-1 codes (B, K), straight-through to tanh."""
@@ -138,14 +155,16 @@ class WCHHead(HashHead):
         chunk = self.chunk_size(x2_mixed.shape[0], x1_mixed.shape[1], x2_mixed.shape[1])
         return weight_matrix(mean_max_cosine(x1_mixed, x2_mixed, chunk), self.tau_w)
 
-    def train_forward(self, tokens1: torch.Tensor, tokens2: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def train_forward(
+        self, tokens1: torch.Tensor, tokens2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Two views' tokens (B, P, d) -> h1, h2 (B, K) +-1 codes and the weights (B, B)."""
         self._check(tokens1)
         self._check(tokens2)
         if tokens1.shape != tokens2.shape:
-            raise ValueError(f"WCH views differ in shape: {tuple(tokens1.shape)} vs "
-                             f"{tuple(tokens2.shape)}")
+            raise ValueError(
+                f"WCH views differ in shape: {tuple(tokens1.shape)} vs {tuple(tokens2.shape)}"
+            )
         x1_mixed, x2_mixed = cross_attention(tokens1, tokens2, self.attention_temperature)
         weighted = self.weights(x1_mixed, x2_mixed)
         h1 = self.hash(x1_mixed.mean(dim=1))

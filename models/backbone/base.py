@@ -55,8 +55,12 @@ class ImageNormalize(nn.Module):
         super().__init__()
         self.name = name
         # Not persistent: constants, kept out of state dicts and checkpoints.
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] not in (1, 3):
@@ -67,4 +71,3 @@ class ImageNormalize(nn.Module):
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-

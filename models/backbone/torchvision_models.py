@@ -35,7 +35,11 @@ class VGG16(Backbone):
 
     def __init__(self, pretrained: bool = True, remove_dropout: bool = True):
         super().__init__()
-        state_dict = load_torchvision_state_dict(VGG16_Weights.IMAGENET1K_V1, "vgg16") if pretrained else None
+        state_dict = (
+            load_torchvision_state_dict(VGG16_Weights.IMAGENET1K_V1, "vgg16")
+            if pretrained
+            else None
+        )
         net = vgg16(weights=None)
         if state_dict is not None:
             net.load_state_dict(state_dict)
@@ -64,7 +68,11 @@ class ResNet50(Backbone):
 
     def __init__(self, pretrained: bool = True, set_eval_mode: bool = False):
         super().__init__()
-        state_dict = load_torchvision_state_dict(ResNet50_Weights.IMAGENET1K_V1, "resnet50") if pretrained else None
+        state_dict = (
+            load_torchvision_state_dict(ResNet50_Weights.IMAGENET1K_V1, "resnet50")
+            if pretrained
+            else None
+        )
         net = resnet50(weights=None)
         if state_dict is not None:
             net.load_state_dict(state_dict)
@@ -105,7 +113,11 @@ class ViTB16(Backbone):
         super().__init__()
         if pool not in ("mean", "cls"):
             raise ConfigError(f"backbone.pool must be 'mean' or 'cls', got {pool!r}")
-        state_dict = load_torchvision_state_dict(ViT_B_16_Weights.IMAGENET1K_V1, "vit_b16") if pretrained else None
+        state_dict = (
+            load_torchvision_state_dict(ViT_B_16_Weights.IMAGENET1K_V1, "vit_b16")
+            if pretrained
+            else None
+        )
         net = vit_b_16(weights=None)
         if state_dict is not None:
             net.load_state_dict(state_dict)

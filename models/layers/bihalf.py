@@ -38,8 +38,10 @@ def bihalf_codes(u: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"bi-half expects a (rows, bits) matrix, got shape {tuple(u.shape)}")
     n = u.shape[0]
     if n < 2:
-        raise ValueError("bi-half needs at least two rows per bit (a training batch of one has "
-                         f"no half to set to +1), got shape {tuple(u.shape)}")
+        raise ValueError(
+            "bi-half needs at least two rows per bit (a training batch of one has "
+            f"no half to set to +1), got shape {tuple(u.shape)}"
+        )
     # stable descending sort: among equal values the lower row index comes first (gets +1)
     order = torch.sort(u.detach(), dim=0, descending=True, stable=True).indices
     codes = torch.full_like(u, -1.0)
@@ -56,7 +58,9 @@ class BiHalfFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, u: torch.Tensor, gamma: float) -> torch.Tensor:  # ctx: FunctionCtx + gamma
+    def forward(
+        ctx: Any, u: torch.Tensor, gamma: float
+    ) -> torch.Tensor:  # ctx: FunctionCtx + gamma
         codes = bihalf_codes(u)
         ctx.save_for_backward(u, codes)
         ctx.gamma = float(gamma)
@@ -95,7 +99,7 @@ class BiHalf(nn.Module):
         # torchrun: the halves are split over the global batch, as in one process; each rank
         # keeps its rows (utils/distributed.py: the gather's backward sums over the ranks)
         start = distributed.rank() * u.shape[0]
-        return bihalf(distributed.all_gather_rows(u), self.gamma)[start:start + u.shape[0]]
+        return bihalf(distributed.all_gather_rows(u), self.gamma)[start : start + u.shape[0]]
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}"

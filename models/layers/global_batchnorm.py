@@ -26,13 +26,14 @@ def _gather_rows(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | 
     return (distributed.all_gather_rows(args[0]), *args[1:])
 
 
-def _keep_own_rows(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
-                   ) -> torch.Tensor | None:
+def _keep_own_rows(
+    module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
+) -> torch.Tensor | None:
     if not module.training or distributed.world_size() == 1:
         return None
     rows = output.shape[0] // distributed.world_size()
     start = distributed.rank() * rows
-    return output[start:start + rows]
+    return output[start : start + rows]
 
 
 def global_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:

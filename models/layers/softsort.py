@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_sort(scores: torch.Tensor, tau: float = 1.0, pow: float = 1.0,
-              hard: bool = False) -> torch.Tensor:
+def soft_sort(
+    scores: torch.Tensor, tau: float = 1.0, pow: float = 1.0, hard: bool = False
+) -> torch.Tensor:
     """(..., n) scores -> (..., n, n) soft permutation matrices, rows = ranks, columns = positions."""
     if tau <= 0:
         raise ValueError(f"SoftSort temperature must be > 0, got {tau}")
@@ -35,4 +36,3 @@ def soft_sort(scores: torch.Tensor, tau: float = 1.0, pow: float = 1.0,
     index = soft.argmax(dim=-1, keepdim=True)
     one_hot = torch.zeros_like(soft).scatter_(-1, index, 1.0)
     return one_hot + (soft - soft.detach())
-

@@ -19,8 +19,9 @@ from models.loss.ugh import halves_cosine_mse
 class BiHalfLoss(nn.Module):
     """BiHalf loss; term "mse" (= "loss")."""
 
-    def forward(self, features: torch.Tensor, codes: torch.Tensor,
-                binary: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, features: torch.Tensor, codes: torch.Tensor, binary: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """features x (M, D), codes h (M, K; unused), binary b (M, K) -> {"loss", "mse"}."""
         mse = halves_cosine_mse(features, binary)
         return {"loss": mse, "mse": mse}

@@ -25,8 +25,9 @@ def bernoulli_kl(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.T
 
     p, q: (B, K) probabilities -> scalar. q is used as given (detach it for a fixed target).
     """
-    kl = (p * (torch.log(p + eps) - torch.log(q + eps))
-          + (1 - p) * (torch.log(1 - p + eps) - torch.log(1 - q + eps)))
+    kl = p * (torch.log(p + eps) - torch.log(q + eps)) + (1 - p) * (
+        torch.log(1 - p + eps) - torch.log(1 - q + eps)
+    )
     return kl.sum(dim=1).mean()
 
 
@@ -47,10 +48,17 @@ class CIBHashLoss(nn.Module):
         self.beta = float(beta)
         self.eps = float(eps)
 
-    def forward(self, prob_i: torch.Tensor, prob_j: torch.Tensor, codes_i: torch.Tensor,
-                codes_j: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        prob_i: torch.Tensor,
+        prob_j: torch.Tensor,
+        codes_i: torch.Tensor,
+        codes_j: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
         """p_i, p_j, z_i, z_j: (B, K) each -> {"loss", "contrast", "kl"}."""
         contrast = nt_xent(codes_i, codes_j, self.temperature)
-        kl = 0.5 * (bernoulli_kl(prob_i, prob_j.detach(), self.eps)
-                    + bernoulli_kl(prob_j, prob_i.detach(), self.eps))
+        kl = 0.5 * (
+            bernoulli_kl(prob_i, prob_j.detach(), self.eps)
+            + bernoulli_kl(prob_j, prob_i.detach(), self.eps)
+        )
         return {"loss": contrast + self.beta * kl, "contrast": contrast, "kl": kl}

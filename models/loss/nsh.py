@@ -41,8 +41,14 @@ class NSHLoss(nn.Module):
         double_softmax: True reproduces the reference's softmax-then-cross-entropy (see above).
     """
 
-    def __init__(self, m: int = 2, quan: float = 1.0, tau: float = 0.3,
-                 softsort_tau: float | None = None, double_softmax: bool = False):
+    def __init__(
+        self,
+        m: int = 2,
+        quan: float = 1.0,
+        tau: float = 0.3,
+        softsort_tau: float | None = None,
+        double_softmax: bool = False,
+    ):
         super().__init__()
         if int(m) < 1:
             raise ValueError(f"NSH loss: m (number of positive ranks) must be >= 1, got {m}")
@@ -59,27 +65,31 @@ class NSHLoss(nn.Module):
     def forward(self, codes: torch.Tensor, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         """codes (M, K), latent (M, L), rows [view 1; view 2] -> {"loss", "nce", "quan"}."""
         if codes.shape[0] % 2 or codes.shape[0] != latent.shape[0]:
-            raise ValueError(f"NSH loss needs [view 1; view 2] rows: got codes {tuple(codes.shape)}"
-                             f" and latent {tuple(latent.shape)}")
+            raise ValueError(
+                f"NSH loss needs [view 1; view 2] rows: got codes {tuple(codes.shape)}"
+                f" and latent {tuple(latent.shape)}"
+            )
         n, nbit = codes.shape[0] // 2, codes.shape[1]
         if n <= self.m:
-            raise ValueError(f"NSH ranks each image against the other images of the batch and "
-                             f"takes the top m={self.m} as positives, so it needs more than "
-                             f"{self.m} images per view (batch_size); got codes of shape "
-                             f"{tuple(codes.shape)}, {n} per view")
+            raise ValueError(
+                f"NSH ranks each image against the other images of the batch and "
+                f"takes the top m={self.m} as positives, so it needs more than "
+                f"{self.m} images per view (batch_size); got codes of shape "
+                f"{tuple(codes.shape)}, {n} per view"
+            )
         b1, b2 = codes[:n], codes[n:]
         z1, z2 = latent[:n], latent[n:]
-        similarity = b1 @ b2.t() / (2 * nbit) + 0.5                        # S (n, n)
+        similarity = b1 @ b2.t() / (2 * nbit) + 0.5  # S (n, n)
         tau_s = self.softsort_tau if self.softsort_tau is not None else 1.0 / nbit
-        permutation = soft_sort(similarity, tau_s)                          # P (n, n, n)
-        latent_dot = z2 @ z1.t()                                            # G[i, k] = <z1_k, z2_i>
-        ranked = torch.einsum("irk,ik->ir", permutation, latent_dot)        # C (n, n)
+        permutation = soft_sort(similarity, tau_s)  # P (n, n, n)
+        latent_dot = z2 @ z1.t()  # G[i, k] = <z1_k, z2_i>
+        ranked = torch.einsum("irk,ik->ir", permutation, latent_dot)  # C (n, n)
 
-        negatives = ranked[:, self.m:]
+        negatives = ranked[:, self.m :]
         target = torch.zeros(n, dtype=torch.long, device=codes.device)
         nce = codes.new_zeros(())
         for r in range(self.m):
-            logits = torch.cat([ranked[:, r:r + 1], negatives], dim=1) / self.tau
+            logits = torch.cat([ranked[:, r : r + 1], negatives], dim=1) / self.tau
             if self.double_softmax:  # reference: cross-entropy of the softmax probabilities
                 logits = F.softmax(logits, dim=1)
             nce = nce + F.cross_entropy(logits, target) / self.m

@@ -15,8 +15,10 @@ import torch.nn.functional as F
 def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float) -> torch.Tensor:
     """Scalar NT-Xent loss of two views (n, d) and (n, d), paired row by row."""
     if z_i.shape != z_j.shape or z_i.dim() != 2:
-        raise ValueError(f"nt_xent needs two (n, d) views of equal shape, got "
-                         f"{tuple(z_i.shape)} and {tuple(z_j.shape)}")
+        raise ValueError(
+            f"nt_xent needs two (n, d) views of equal shape, got "
+            f"{tuple(z_i.shape)} and {tuple(z_j.shape)}"
+        )
     if not temperature > 0:
         raise ValueError(f"NT-Xent temperature must be > 0, got {temperature}")
     n = z_i.shape[0]
@@ -26,4 +28,3 @@ def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, temperature: float) -> torch.T
     similarity = similarity.masked_fill(self_mask, float("-inf"))
     positives = (torch.arange(2 * n, device=z.device) + n) % (2 * n)
     return F.cross_entropy(similarity, positives)
-

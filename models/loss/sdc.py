@@ -35,15 +35,17 @@ def _beta_targets(n: int, alpha: float, beta: float, clamp_at_zero: bool) -> tup
     return tuple(float(t) for t in targets)
 
 
-def calibration_targets(n: int, alpha: float = 5.0, beta: float = 5.0,
-                        clamp_at_zero: bool = False) -> torch.Tensor:
+def calibration_targets(
+    n: int, alpha: float = 5.0, beta: float = 5.0, clamp_at_zero: bool = False
+) -> torch.Tensor:
     """The n ascending targets c_k = 2 F^-1_{Beta(alpha, beta)}((2k - 1) / 2n) - 1, shape (n,).
 
     Cached per (n, alpha, beta, clamp) instead of recomputed every step as the reference does.
     Example: n = 32, Beta(5, 5) gives c_1 = -0.620733, c_32 = +0.620733.
     """
-    return torch.tensor(_beta_targets(int(n), float(alpha), float(beta), bool(clamp_at_zero)),
-                        dtype=torch.float64)
+    return torch.tensor(
+        _beta_targets(int(n), float(alpha), float(beta), bool(clamp_at_zero)), dtype=torch.float64
+    )
 
 
 def pair_indices(m: int, pairing: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,10 +82,20 @@ class SDCLoss(nn.Module):
         temperature: NT-Xent temperature (0.3 in SDC-SimCLR), None = no contrastive term.
     """
 
-    def __init__(self, rec: float = 1.0, rec_type: str = "l1", quan: float = 1.0,
-                 quan_type: str = "cs", beta_ab: float = 5.0, beta_a: float = -1.0,
-                 beta_b: float = -1.0, ortho_constraint: bool = False, pairing: str = "halves",
-                 cont: float = 1.0, temperature: float | None = None):
+    def __init__(
+        self,
+        rec: float = 1.0,
+        rec_type: str = "l1",
+        quan: float = 1.0,
+        quan_type: str = "cs",
+        beta_ab: float = 5.0,
+        beta_a: float = -1.0,
+        beta_b: float = -1.0,
+        ortho_constraint: bool = False,
+        pairing: str = "halves",
+        cont: float = 1.0,
+        temperature: float | None = None,
+    ):
         super().__init__()
         if (beta_a == -1) != (beta_b == -1):
             raise ValueError("SDC loss: set both beta_a and beta_b, or neither (use beta_ab)")
@@ -102,8 +114,9 @@ class SDCLoss(nn.Module):
         self.cont = float(cont)
         self.temperature = temperature
 
-    def calibration_pairs(self, features: torch.Tensor, codes: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    def calibration_pairs(
+        self, features: torch.Tensor, codes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two sequences the calibration term pulls together (steps 1-3 above).
 
         features (M, D), codes (M, K) -> (s_pi(k), c_k), both (n,): the code similarities of
@@ -112,8 +125,10 @@ class SDCLoss(nn.Module):
         """
         m = codes.shape[0] - codes.shape[0] % 2  # an odd last row is dropped, as the reference
         if m < 2:
-            raise ValueError("SDC needs at least two rows per batch to form a pair, got codes of "
-                             f"shape {tuple(codes.shape)}")
+            raise ValueError(
+                "SDC needs at least two rows per batch to form a pair, got codes of "
+                f"shape {tuple(codes.shape)}"
+            )
         x, v = features[:m], codes[:m]
         a, b = pair_indices(m, self.pairing)
         a, b = a.to(v.device), b.to(v.device)

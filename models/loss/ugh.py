@@ -25,8 +25,10 @@ def halves_cosine_mse(features: torch.Tensor, binary: torch.Tensor) -> torch.Ten
     dropped); features (M, D), binary (M, K) -> scalar. Shared by UGH and BiHalf."""
     m = binary.shape[0] - binary.shape[0] % 2
     if m < 2:
-        raise ValueError("UGH/BiHalf pair row k with row k + M/2 of a batch, so they need at "
-                         f"least two rows, got binary codes of shape {tuple(binary.shape)}")
+        raise ValueError(
+            "UGH/BiHalf pair row k with row k + M/2 of a batch, so they need at "
+            f"least two rows, got binary codes of shape {tuple(binary.shape)}"
+        )
     half = m // 2
     with torch.no_grad():
         target = F.cosine_similarity(features[:half], features[half:m], dim=1, eps=1e-8)
@@ -47,8 +49,9 @@ class UGHLoss(nn.Module):
         self.alpha = float(alpha)
         self.pow = float(pow)
 
-    def forward(self, features: torch.Tensor, codes: torch.Tensor,
-                binary: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, features: torch.Tensor, codes: torch.Tensor, binary: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """features x (M, D), codes h (M, K), binary b (M, K) -> {"loss", "mse", "quan"}."""
         mse = halves_cosine_mse(features, binary)
         quan = (codes.abs() - 1).abs().pow(self.pow).mean()

@@ -29,12 +29,15 @@ class WCHLoss(nn.Module):
         self.temperature = float(temperature)
         self.normalize_w = bool(normalize_w)
 
-    def forward(self, h1: torch.Tensor, h2: torch.Tensor,
-                weighted: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, h1: torch.Tensor, h2: torch.Tensor, weighted: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """h1, h2 (B, K), weighted (B, B) -> {"loss", "ce", "reg"} scalars."""
         if h1.shape != h2.shape or weighted.shape != (h1.shape[0], h1.shape[0]):
-            raise ValueError(f"WCH loss: got h1 {tuple(h1.shape)}, h2 {tuple(h2.shape)}, "
-                             f"weighted {tuple(weighted.shape)}")
+            raise ValueError(
+                f"WCH loss: got h1 {tuple(h1.shape)}, h2 {tuple(h2.shape)}, "
+                f"weighted {tuple(weighted.shape)}"
+            )
         nbit = h1.shape[1]
         logits = h1 @ h2.t() / nbit / self.temperature
         target = weighted

@@ -50,12 +50,22 @@ class Trainer:
     #: batch (see :meth:`loss`).
     loss_blocks: int = 1
 
-    def __init__(self, cfg: DictConfig, model, criterion, data, train_transform,
-                 eval_transform, logdir: str | Path, device: torch.device):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        model,
+        criterion,
+        data,
+        train_transform,
+        eval_transform,
+        logdir: str | Path,
+        device: torch.device,
+    ):
         self.cfg = cfg
         # CNN backbones on CUDA run faster on NHWC tensors (tensor cores); inputs follow
         self.channels_last = device.type == "cuda" and any(
-            isinstance(m, torch.nn.Conv2d) for m in model.backbone.modules())
+            isinstance(m, torch.nn.Conv2d) for m in model.backbone.modules()
+        )
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if distributed.world_size() > 1:  # batch statistics of the global batch (torchrun)
@@ -77,13 +87,17 @@ class Trainer:
         self.world_size = distributed.world_size()
         self.precision = resolve_precision(cfg.get("precision", "auto"), device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "16-mixed")
-        self.validation = split_validation(data.train, cfg.get("val_size", 0.1),
-                                           derive_seed(int(cfg.dataset.source.get("split_seed", 0) or 0), 7))
+        self.validation = split_validation(
+            data.train,
+            cfg.get("val_size", 0.1),
+            derive_seed(int(cfg.dataset.source.get("split_seed", 0) or 0), 7),
+        )
         self.optimizer = None
         self.scheduler = None
         self.start_epoch = 0
-        self.recorder = RunRecorder(logdir, self.select_on, self.settings.main_key,
-                                    writes=distributed.is_main())
+        self.recorder = RunRecorder(
+            logdir, self.select_on, self.settings.main_key, writes=distributed.is_main()
+        )
         self.validation_codes: tuple[torch.Tensor, torch.Tensor] | None = None
         self.check_setup()
 
@@ -99,33 +113,43 @@ class Trainer:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.batch_size % self.world_size:
-            raise ConfigError(f"batch_size={self.batch_size} is the global batch, split evenly "
-                              f"over the {self.world_size} processes of this torchrun launch: "
-                              f"use a multiple of {self.world_size}")
+            raise ConfigError(
+                f"batch_size={self.batch_size} is the global batch, split evenly "
+                f"over the {self.world_size} processes of this torchrun launch: "
+                f"use a multiple of {self.world_size}"
+            )
         n_train = len(self.data.train)
         if n_train < self.batch_size:
-            raise ConfigError(f"The training split has {n_train} items, fewer than one batch "
-                              f"(batch_size={self.batch_size}); every batch is full-size "
-                              "(drop_last), so lower batch_size")
+            raise ConfigError(
+                f"The training split has {n_train} items, fewer than one batch "
+                f"(batch_size={self.batch_size}); every batch is full-size "
+                "(drop_last), so lower batch_size"
+            )
         views = int(getattr(self.train_transform, "views", 1))
         if views != self.views:
-            raise ConfigError(f"model={self.cfg.model.name} trains on {self.views} view(s) per "
-                              f"image but transforms gives {views}: use the method's own "
-                              "transforms (drop the transforms= override)")
+            raise ConfigError(
+                f"model={self.cfg.model.name} trains on {self.views} view(s) per "
+                f"image but transforms gives {views}: use the method's own "
+                "transforms (drop the transforms= override)"
+            )
         if self.select_on not in SELECT_ON:
             raise ConfigError(f"select_on must be val, query or last, got {self.select_on!r}")
         if self.settings.zero_relevant not in ("count", "skip"):
-            raise ConfigError("zero_relevant must be count or skip, got "
-                              f"{self.settings.zero_relevant!r}")
+            raise ConfigError(
+                f"zero_relevant must be count or skip, got {self.settings.zero_relevant!r}"
+            )
         if self.views > 1 and is_feature_split(self.data.train):
-            raise ConfigError(f"model={self.cfg.model.name} learns from {self.views} augmented "
-                              f"views of each image, but dataset={self.cfg.dataset.name} holds "
-                              "one precomputed vector per item, so the views would be identical "
-                              "(trivial positives): train it on images (e.g. dataset=cifar10; a "
-                              "frozen backbone caches augmented views), or pick a one-view method")
+            raise ConfigError(
+                f"model={self.cfg.model.name} learns from {self.views} augmented "
+                f"views of each image, but dataset={self.cfg.dataset.name} holds "
+                "one precomputed vector per item, so the views would be identical "
+                "(trivial positives): train it on images (e.g. dataset=cifar10; a "
+                "frozen backbone caches augmented views), or pick a one-view method"
+            )
         if self.select_on == "val" and self.validation is None:
-            raise ConfigError("select_on=val needs a validation split: set val_size > 0, or "
-                              "select_on=last")
+            raise ConfigError(
+                "select_on=val needs a validation split: set val_size > 0, or select_on=last"
+            )
 
     # ------------------------------------------------------------------ helpers
     def to_device(self, images):
@@ -146,19 +170,31 @@ class Trainer:
         the batch order, the loader workers or the number of processes."""
         generator = torch.Generator()
         generator.manual_seed(derive_seed(int(self.cfg.seed), epoch, 1))
-        dataset = TransformedSplit(self.data.train, self.train_transform,
-                                   item_seed=derive_seed(int(self.cfg.seed), epoch, 2))
+        dataset = TransformedSplit(
+            self.data.train,
+            self.train_transform,
+            item_seed=derive_seed(int(self.cfg.seed), epoch, 2),
+        )
         # the sampler and batcher DataLoader(shuffle=True, drop_last=True) builds, same RNG use
-        batches = BatchSampler(RandomSampler(dataset, generator=generator), self.batch_size,
-                               drop_last=True)
-        return DataLoader(dataset, batch_sampler=distributed.RankSlices(batches),
-                          num_workers=self.num_workers, generator=generator,
-                          pin_memory=self.device.type == "cuda")
+        batches = BatchSampler(
+            RandomSampler(dataset, generator=generator), self.batch_size, drop_last=True
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=distributed.RankSlices(batches),
+            num_workers=self.num_workers,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def eval_loader(self, split) -> DataLoader:
-        return DataLoader(self.transformed(split, self.eval_transform),
-                          batch_size=self.eval_batch_size, shuffle=False,
-                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        return DataLoader(
+            self.transformed(split, self.eval_transform),
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def autocast(self):
         """The mixed-precision context of ``precision`` (a no-op for 32)."""
@@ -194,34 +230,43 @@ class Trainer:
 
     def _encode(self, split, desc: str) -> torch.Tensor:
         codes = [torch.zeros(0, int(self.cfg.model.nbit))]  # an empty shard is (0, K)
-        for images, _, _ in tqdm(self.eval_loader(split), desc=desc, leave=False,
-                                 disable=not self.show_bars):
+        for images, _, _ in tqdm(
+            self.eval_loader(split), desc=desc, leave=False, disable=not self.show_bars
+        ):
             with self.autocast():
                 codes.append(self.model.encode(self.to_device(images)).float().cpu())
         return torch.cat(codes)
 
     def evaluate(self) -> dict[str, float]:
         """Query-vs-database metrics of the current model."""
-        return evaluate_retrieval(self.encode, self.data.query, self.data.database,
-                                  self.settings, self.device).metrics
+        return evaluate_retrieval(
+            self.encode, self.data.query, self.data.database, self.settings, self.device
+        ).metrics
 
     def evaluate_validation(self) -> float:
         """mAP@R of the validation queries against the rest of the training split; the codes
         stay in ``validation_codes`` for the diagnostics of this evaluation."""
         settings = RetrievalSettings(self.settings.R, zero_relevant=self.settings.zero_relevant)
-        result = evaluate_retrieval(self.encode, *self.validation, settings, self.device,
-                                    names=("validation", "validation db"))
+        result = evaluate_retrieval(
+            self.encode,
+            *self.validation,
+            settings,
+            self.device,
+            names=("validation", "validation db"),
+        )
         self.validation_codes = (result.query_codes, result.database_codes)
         return result.metrics[self.settings.main_key]
 
     # ------------------------------------------------------------------ checkpoints
     def training_state(self, epoch: int) -> dict:
         """What last.pt holds besides the selection state (which the recorder adds)."""
-        return {"model": self.model.trainable_state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "grad_scaler": self.scaler.state_dict(),
-                "epoch": epoch}
+        return {
+            "model": self.model.trainable_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+        }
 
     def resume_from(self, logdir: str | Path) -> None:
         """Continue the run in ``logdir`` from checkpoints/last.pt (histories cut back to its
@@ -230,10 +275,15 @@ class Trainer:
         path = Path(logdir) / "checkpoints" / "last.pt"
         if not path.exists():
             if (Path(logdir) / "metrics.json").exists():
-                raise CheckpointError(f"{logdir} is a finished run but {path} is missing: "
-                                      "restore it, or start a new run (nothing was changed)")
-            log.warning("%s has no checkpoint yet (stopped during its first epoch): training "
-                        "from the start", logdir)
+                raise CheckpointError(
+                    f"{logdir} is a finished run but {path} is missing: "
+                    "restore it, or start a new run (nothing was changed)"
+                )
+            log.warning(
+                "%s has no checkpoint yet (stopped during its first epoch): training "
+                "from the start",
+                logdir,
+            )
             return
         state = load_checkpoint(path, self.device)
         load_model_state(self.model, state["model"])
@@ -252,8 +302,10 @@ class Trainer:
         if resume:
             self.resume_from(resume)
         if self.select_on == "query":
-            log.warning("select_on=query: the best checkpoint is chosen on the test queries, "
-                        "as in the paper; its numbers are optimistic")
+            log.warning(
+                "select_on=query: the best checkpoint is chosen on the test queries, "
+                "as in the paper; its numbers are optimistic"
+            )
         started = time.time()
         final: dict[str, float] = {}
         self.recorder.open()
@@ -265,9 +317,17 @@ class Trainer:
                 epoch_started = time.time()
                 row.update({f"train_{k}": v for k, v in self.train_one_epoch(epoch).items()})
                 if not self.show_bars:  # a log file or a cluster job: one line per epoch
-                    log.info("epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs,
-                             ", ".join(f"{k[len('train_'):]} {v:.4f}" for k, v in row.items()
-                                       if k.startswith("train_")), time.time() - epoch_started)
+                    log.info(
+                        "epoch %d/%d: %s (%.1f s)",
+                        epoch + 1,
+                        self.epochs,
+                        ", ".join(
+                            f"{k[len('train_') :]} {v:.4f}"
+                            for k, v in row.items()
+                            if k.startswith("train_")
+                        ),
+                        time.time() - epoch_started,
+                    )
                 self.scheduler.step()
                 self.recorder.add_train_row(row)
                 interval = int(self.cfg.eval_interval)
@@ -295,8 +355,13 @@ class Trainer:
             from utils.diagnostics import log_diagnostics  # code diagnostics (TensorBoard diag/)
 
             log_diagnostics(self, self.recorder.tensorboard, epoch, self.validation_codes)
-        log.info("epoch %d: %s %.4f%s", epoch, key, metrics[key],
-                 f", val {test_row[f'val_{key}']:.4f}" if self.validation else "")
+        log.info(
+            "epoch %d: %s %.4f%s",
+            epoch,
+            key,
+            metrics[key],
+            f", val {test_row[f'val_{key}']:.4f}" if self.validation else "",
+        )
         self.recorder.select(test_row, self.model.trainable_state_dict)
         return metrics
 
@@ -312,16 +377,19 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         loader = self.train_loader(epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
-                   disable=not self.show_bars)
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, disable=not self.show_bars
+        )
         for step, batch in enumerate(bar):
             with self.autocast():
                 terms = self.training_step(batch)
             loss = terms["loss"]
             if not torch.isfinite(loss):
-                raise TrainingError(f"The loss became {loss.item()} at epoch {epoch + 1}, step "
-                                    f"{step + 1}: lower optim.lr or check the input data; the "
-                                    "last good checkpoint is checkpoints/last.pt")
+                raise TrainingError(
+                    f"The loss became {loss.item()} at epoch {epoch + 1}, step "
+                    f"{step + 1}: lower optim.lr or check the input data; the "
+                    "last good checkpoint is checkpoints/last.pt"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()  # the identity unless precision=16-mixed
             distributed.average_gradients(self.model.parameters())
@@ -358,8 +426,12 @@ def load_model_state(model, state: dict[str, torch.Tensor]) -> None:
     try:
         model.load_state_dict(state, strict=not model.frozen_backbone)
     except RuntimeError as error:
-        raise CheckpointError(f"The checkpoint does not fit this model ({str(error).splitlines()[0]});"
-                              " was it written with another model, backbone or nbit?") from None
+        raise CheckpointError(
+            f"The checkpoint does not fit this model ({str(error).splitlines()[0]});"
+            " was it written with another model, backbone or nbit?"
+        ) from None
     if missing:
-        raise CheckpointError(f"The checkpoint lacks {len(missing)} model tensors (e.g. "
-                              f"{missing[0]}); was it written with another model?")
+        raise CheckpointError(
+            f"The checkpoint lacks {len(missing)} model tensors (e.g. "
+            f"{missing[0]}); was it written with another model?"
+        )

@@ -16,8 +16,10 @@ class CIBHashTrainer(Trainer):
     def check_setup(self) -> None:
         super().check_setup()
         if self.batch_size < 2:
-            raise ConfigError("CIBHash's NT-Xent takes its negatives from the other images of "
-                              f"the batch, so batch_size must be at least 2; got {self.batch_size}")
+            raise ConfigError(
+                "CIBHash's NT-Xent takes its negatives from the other images of "
+                f"the batch, so batch_size must be at least 2; got {self.batch_size}"
+            )
 
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         view_i, view_j = self.to_device(batch[0])

@@ -40,8 +40,12 @@ class RetrievalSettings:
     @classmethod
     def from_config(cls, cfg: Any, **changes: Any) -> RetrievalSettings:
         """The run's settings (dataset.R, ks, radius, zero_relevant), with ``changes``."""
-        settings = cls(R=int(cfg.dataset.R), ks=tuple(int(k) for k in cfg.ks),
-                       radius=int(cfg.radius), zero_relevant=str(cfg.get("zero_relevant", "count")))
+        settings = cls(
+            R=int(cfg.dataset.R),
+            ks=tuple(int(k) for k in cfg.ks),
+            radius=int(cfg.radius),
+            zero_relevant=str(cfg.get("zero_relevant", "count")),
+        )
         return replace(settings, **changes)
 
     @property
@@ -59,9 +63,14 @@ class Evaluation:
     database_codes: torch.Tensor
 
 
-def evaluate_retrieval(encode: Callable[[Any, str], torch.Tensor], queries: Any, database: Any,
-                       settings: RetrievalSettings, device: torch.device | None = None,
-                       names: tuple[str, str] = ("queries", "database")) -> Evaluation:
+def evaluate_retrieval(
+    encode: Callable[[Any, str], torch.Tensor],
+    queries: Any,
+    database: Any,
+    settings: RetrievalSettings,
+    device: torch.device | None = None,
+    names: tuple[str, str] = ("queries", "database"),
+) -> Evaluation:
     """Encode ``queries`` and ``database`` (splits with ``.labels``) with ``encode(split,
     description) -> (n, K) codes`` and score them with the retrieval engine. On a CUDA
     ``device`` the codes go back to the GPU, where the engine's torch backend scores them
@@ -71,7 +80,14 @@ def evaluate_retrieval(encode: Callable[[Any, str], torch.Tensor], queries: Any,
     scored = (query_codes, database_codes)
     if device is not None and device.type == "cuda":
         scored = (query_codes.to(device), database_codes.to(device))
-    metrics = retrieval_report(*scored, queries.labels, database.labels, R=settings.R,
-                               ks=settings.ks, radius=settings.radius,
-                               pr_curve=settings.pr_curve, zero_relevant=settings.zero_relevant)
+    metrics = retrieval_report(
+        *scored,
+        queries.labels,
+        database.labels,
+        R=settings.R,
+        ks=settings.ks,
+        radius=settings.radius,
+        pr_curve=settings.pr_curve,
+        zero_relevant=settings.zero_relevant,
+    )
     return Evaluation(metrics, query_codes, database_codes)

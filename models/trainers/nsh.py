@@ -18,9 +18,11 @@ class NSHTrainer(Trainer):
         super().check_setup()
         m = int(getattr(self.criterion, "m", 0))
         if self.batch_size <= m:
-            raise ConfigError(f"NSH takes the top m={m} ranks of each batch as positives and the "
-                              f"rest as negatives, so batch_size must exceed {m}; got "
-                              f"{self.batch_size}")
+            raise ConfigError(
+                f"NSH takes the top m={m} ranks of each batch as positives and the "
+                f"rest as negatives, so batch_size must exceed {m}; got "
+                f"{self.batch_size}"
+            )
 
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         view1, view2 = self.to_device(batch[0])

@@ -24,9 +24,11 @@ class PairedCodesTrainer(Trainer):
         # An odd batch is fine (its last row is left out of the pairs, as the reference), but a
         # batch of one has no pair, and bi-half cannot split one row into halves.
         if self.batch_size < 2:
-            raise ConfigError(f"model={self.cfg.model.name} pairs row k with row k + B/2 of each "
-                              "batch (and bi-half needs at least two rows per bit), so batch_size "
-                              f"must be at least 2; got {self.batch_size}")
+            raise ConfigError(
+                f"model={self.cfg.model.name} pairs row k with row k + B/2 of each "
+                "batch (and bi-half needs at least two rows per bit), so batch_size "
+                f"must be at least 2; got {self.batch_size}"
+            )
 
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         output = self.model(self.to_device(batch[0]))

@@ -18,8 +18,10 @@ class SDCTrainer(Trainer):
     def check_setup(self) -> None:
         super().check_setup()
         if self.batch_size % 2:
-            raise ConfigError(f"SDC pairs the samples of a batch, so batch_size must be even; "
-                              f"got {self.batch_size}")
+            raise ConfigError(
+                f"SDC pairs the samples of a batch, so batch_size must be even; "
+                f"got {self.batch_size}"
+            )
 
     def training_step(self, batch) -> dict[str, torch.Tensor]:
         images = self.to_device(batch[0])

@@ -18,11 +18,15 @@ class WCHTrainer(Trainer):
     def check_setup(self) -> None:
         super().check_setup()
         if not hasattr(self.model.head, "train_forward"):
-            raise ConfigError(f"model={self.cfg.model.name} uses WCHTrainer, whose head needs "
-                              "train_forward(tokens1, tokens2): use models.arch.wch.WCHHead")
+            raise ConfigError(
+                f"model={self.cfg.model.name} uses WCHTrainer, whose head needs "
+                "train_forward(tokens1, tokens2): use models.arch.wch.WCHHead"
+            )
         if self.batch_size < 2:
-            raise ConfigError("WCH weighs every image against the other images of the batch, "
-                              f"so batch_size must be at least 2; got {self.batch_size}")
+            raise ConfigError(
+                "WCH weighs every image against the other images of the batch, "
+                f"so batch_size must be at least 2; got {self.batch_size}"
+            )
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         if self.model.frozen_backbone:

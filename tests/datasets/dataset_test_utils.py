@@ -34,7 +34,9 @@ def extract_shared_cifar(tmp_path_factory):
     in about a second there, against tens of seconds on a busy disk.
     """
     if not SHARED_CIFAR.is_file():
-        pytest.skip(f"shared CIFAR-10 copy not found at {SHARED_CIFAR} (a user's clone has no ../shared)")
+        pytest.skip(
+            f"shared CIFAR-10 copy not found at {SHARED_CIFAR} (a user's clone has no ../shared)"
+        )
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2**30:
         root = Path(tempfile.mkdtemp(prefix="test-cifar10-", dir=shm))

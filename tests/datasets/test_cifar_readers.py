@@ -92,7 +92,9 @@ class FakeCIFAR10:
         if not self.present:
             if download:
                 raise self.offline_error
-            raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+            raise RuntimeError(
+                "Dataset not found or corrupted. You can use download=True to download it"
+            )
         n = 50 if train else 10
         self.data = np.full((n, 32, 32, 3), 1 if train else 2, np.uint8)
         self.targets = list(np.arange(n) % 10)
@@ -128,9 +130,13 @@ def test_python_batches_pool(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Present)
     pool, is_train, classes = read_python_batches_pool(tmp_path, download=False)
     assert len(pool) == 60 and is_train.sum() == 50 and classes == list(CIFAR10_CLASSES)
-    assert np.asarray(pool.load(0)).max() == 1 and np.asarray(pool.load(55)).max() == 2  # train then test
+    assert (
+        np.asarray(pool.load(0)).max() == 1 and np.asarray(pool.load(55)).max() == 2
+    )  # train then test
     img, label, i = pool[55]
-    assert img.mode == "RGB" and img.size == (32, 32) and label.dtype == torch.long and int(label) == 5
+    assert (
+        img.mode == "RGB" and img.size == (32, 32) and label.dtype == torch.long and int(label) == 5
+    )
 
 
 @pytest.mark.data

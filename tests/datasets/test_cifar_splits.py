@@ -38,11 +38,17 @@ def splits():
 def test_sizes_and_relations(splits, name):
     split = splits[name]
     n_query, n_db, n_train, train_in_db = EXPECTED[name]
-    assert (len(split["query"]), len(split["database"]), len(split["train"])) == (n_query, n_db, n_train)
+    assert (len(split["query"]), len(split["database"]), len(split["train"])) == (
+        n_query,
+        n_db,
+        n_train,
+    )
     for key in split:
         assert split[key].dtype == np.int64
         assert len(np.unique(split[key])) == len(split[key])  # no duplicates
-        assert np.array_equal(np.bincount(LABELS[split[key]], minlength=10), np.full(10, len(split[key]) // 10))
+        assert np.array_equal(
+            np.bincount(LABELS[split[key]], minlength=10), np.full(10, len(split[key]) // 10)
+        )
     assert len(np.intersect1d(split["query"], split["database"])) == 0
     assert len(np.intersect1d(split["query"], split["train"])) == 0
     assert np.isin(split["train"], split["database"]).all() == train_in_db
@@ -51,7 +57,9 @@ def test_sizes_and_relations(splits, name):
         all_idx = np.concatenate([split["query"], split["train"], split["database"]])
         assert np.array_equal(np.sort(all_idx), np.arange(60000))
     else:
-        assert np.array_equal(np.sort(np.concatenate([split["query"], split["database"]])), np.arange(60000))
+        assert np.array_equal(
+            np.sort(np.concatenate([split["query"], split["database"]])), np.arange(60000)
+        )
 
 
 @pytest.mark.parametrize("name", ["official", "official_5k"])

@@ -16,17 +16,29 @@ DATASET_KEYS = {"name", "nclass", "multiclass", "R", "resize", "crop", "features
 
 
 def compose_with(dataset, transforms="no_augmentation"):
-    return compose([f"dataset={dataset}", f"transforms={transforms}", "data_dir=/nonexistent", "backbone=tiny"])
+    return compose(
+        [f"dataset={dataset}", f"transforms={transforms}", "data_dir=/nonexistent", "backbone=tiny"]
+    )
 
 
 def test_expected_files_exist():
-    assert {"digits", "cifar10", "imagenet100", "nuswide", "coco", "features", "imagefolder"} <= set(DATASETS)
+    assert {
+        "digits",
+        "cifar10",
+        "imagenet100",
+        "nuswide",
+        "coco",
+        "features",
+        "imagefolder",
+    } <= set(DATASETS)
     assert {"no_augmentation", "cibhash", "simclr", "mocov2"} <= set(TRANSFORMS)
 
 
 @pytest.mark.parametrize("name", DATASETS)
 def test_dataset_config(name):
-    assert isinstance(OmegaConf.load(CONFIGS / "dataset" / f"{name}.yaml"), DictConfig)  # plain YAML
+    assert isinstance(
+        OmegaConf.load(CONFIGS / "dataset" / f"{name}.yaml"), DictConfig
+    )  # plain YAML
     cfg = compose_with(name).dataset  # with packages and `defaults` includes applied
     assert DATASET_KEYS <= set(cfg.keys())
     assert isinstance(cfg.name, str) and cfg.name
@@ -58,7 +70,10 @@ def test_transforms_config_builds(name, dataset):
 
 
 def test_simclr_is_cibhash():
-    assert compose_with("cifar10", "simclr").transforms == compose_with("cifar10", "cibhash").transforms
+    assert (
+        compose_with("cifar10", "simclr").transforms
+        == compose_with("cifar10", "cibhash").transforms
+    )
 
 
 def test_cifar_root_interpolates_data_dir():

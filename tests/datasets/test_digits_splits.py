@@ -56,7 +56,9 @@ def test_train_subset_per_class():
     assert np.isin(data.split_indices["train"], data.split_indices["database"]).all()
 
 
-@pytest.mark.parametrize("kwargs", [{"queries_per_class": 0}, {"queries_per_class": 500}, {"train": "all"}])
+@pytest.mark.parametrize(
+    "kwargs", [{"queries_per_class": 0}, {"queries_per_class": 500}, {"train": "all"}]
+)
 def test_bad_arguments(kwargs):
     with pytest.raises(ConfigError):
         digits_splits(**kwargs)

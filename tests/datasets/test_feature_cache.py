@@ -60,8 +60,11 @@ def cache_files(tmp_path: Path) -> list[Path]:
 
 def test_hit_does_not_call_the_backbone(tmp_path, calls):
     trainer, _ = build(tmp_path, "model=sdc")
-    n_train, n_q, n_db = (len(trainer.data.train), len(trainer.data.query),
-                          len(trainer.data.database))
+    n_train, n_q, n_db = (
+        len(trainer.data.train),
+        len(trainer.data.query),
+        len(trainer.data.database),
+    )
     # query + database (eval) + train (train transform); the train items' eval-transform
     # features (validation) are rows of the database's: train = database in digits
     assert calls["images"] == n_q + n_db + n_train
@@ -77,13 +80,16 @@ def test_hit_does_not_call_the_backbone(tmp_path, calls):
             np.testing.assert_array_equal(a.features[kind], b.features[kind])
 
 
-@pytest.mark.parametrize("change, expected", [
-    # split content: other queries -> every split differs (train = database here)
-    ("dataset.source.queries_per_class=19", "all"),
-    ("backbone.seed=1", "all"),                          # backbone weights
-    ("transforms.interpolation=bicubic", "train"),       # train transform config only
-    ("feature_cache_dtype=float16", "all"),              # stored dtype
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        # split content: other queries -> every split differs (train = database here)
+        ("dataset.source.queries_per_class=19", "all"),
+        ("backbone.seed=1", "all"),  # backbone weights
+        ("transforms.interpolation=bicubic", "train"),  # train transform config only
+        ("feature_cache_dtype=float16", "all"),  # stored dtype
+    ],
+)
 def test_miss_on_each_key_component(tmp_path, calls, change, expected):
     build(tmp_path, "model=sdc")
     calls["images"] = 0
@@ -144,7 +150,9 @@ def test_killed_extraction_is_never_used_and_resumes(tmp_path, calls, monkeypatc
     n_db, n_train = len(resumed.data.database), len(resumed.data.train)
     assert calls["images"] == (n_db - 512) + n_train  # the database resumed at shard 3
     assert not partial.exists()
-    np.testing.assert_allclose(resumed.data.database.features["eval"], reference, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        resumed.data.database.features["eval"], reference, rtol=1e-6, atol=1e-7
+    )
 
 
 def test_training_from_cache_equals_live_backbone(tmp_path):
@@ -152,8 +160,11 @@ def test_training_from_cache_equals_live_backbone(tmp_path):
 
     runs = {}
     for mode in ("off", "on"):
-        cfg = compose_run([*BASE, "model=sdc", "epochs=2", "eval_interval=1",
-                           f"feature_cache={mode}"], tmp_path, mode)
+        cfg = compose_run(
+            [*BASE, "model=sdc", "epochs=2", "eval_interval=1", f"feature_cache={mode}"],
+            tmp_path,
+            mode,
+        )
         runs[mode] = train(cfg)
         runs[mode]["history"] = json.loads((tmp_path / mode / "train_history.json").read_text())
     for live, cached in zip(runs["off"]["history"], runs["on"]["history"]):
@@ -181,7 +192,9 @@ def test_same_loss_on_first_batches(tmp_path):
         trainer = build_trainer(cfg, tmp_path / mode)
         torch.manual_seed(0)
         batches = iter(trainer.train_loader(0))
-        losses[mode] = [float(trainer.training_step(next(batches))["loss"].detach()) for _ in range(3)]
+        losses[mode] = [
+            float(trainer.training_step(next(batches))["loss"].detach()) for _ in range(3)
+        ]
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-5)
 
 
@@ -214,7 +227,9 @@ def test_bank_views_differ_and_training_draws_from_them(tmp_path):
     (first, second), _, index = next(iter(trainer.train_loader(0)))
     for row in range(4):
         i = int(index[row])
-        picks = [int(np.argmin(np.abs(bank[:, i] - x[row].numpy()).sum(1))) for x in (first, second)]
+        picks = [
+            int(np.argmin(np.abs(bank[:, i] - x[row].numpy()).sum(1))) for x in (first, second)
+        ]
         assert picks[0] != picks[1]
         for v, x in zip(picks, (first, second)):
             np.testing.assert_array_equal(bank[v, i], x[row].numpy())
@@ -225,8 +240,9 @@ def test_val_reproduces_cached_training_metrics(tmp_path):
 
     cfg = compose_run(with_cache([*BASE, "model=sdc", "epochs=2", "eval_interval=1"]), tmp_path)
     metrics = train(cfg)
-    assert isinstance(torch.load(tmp_path / "run" / "checkpoints" / "last.pt",
-                                 weights_only=True)["model"], dict)
+    assert isinstance(
+        torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"], dict
+    )
     for checkpoint in ("last", "best"):
         result = validate(val_config(tmp_path / "run", f"checkpoint={checkpoint}"))
         for key, value in metrics[checkpoint].items():
@@ -272,30 +288,52 @@ def test_shared_cifar10_few_hundred_images(tmp_path_factory, tmp_path, calls):
         pool, _, _ = read_image_folder_pool(root)
         rng = np.random.RandomState(0)
         picks = rng.choice(len(pool), 300, replace=False)
-        data = HashingData(train=pool.subset(picks[:200]), query=pool.subset(picks[200:250]),
-                           database=pool.subset(picks[:250]))
-        cfg = compose(["dataset=cifar10", "backbone=tiny", "model=sdc", "dataset.resize=32",
-                       "dataset.crop=32", f"data_dir={tmp_path}", "progress=false",
-                       "num_workers=0", "feature_cache=on"])
+        data = HashingData(
+            train=pool.subset(picks[:200]),
+            query=pool.subset(picks[200:250]),
+            database=pool.subset(picks[:250]),
+        )
+        cfg = compose(
+            [
+                "dataset=cifar10",
+                "backbone=tiny",
+                "model=sdc",
+                "dataset.resize=32",
+                "dataset.crop=32",
+                f"data_dir={tmp_path}",
+                "progress=false",
+                "num_workers=0",
+                "feature_cache=on",
+            ]
+        )
         with open_dict(cfg):
             del cfg["hydra"]
 
         def apply(split_data):
             model = builders.build_model(cfg)
-            return fc.apply_feature_cache(cfg, model, split_data, builders.build_train_transform(cfg),
-                                          builders.build_eval_transform(cfg), torch.device("cpu"))
+            return fc.apply_feature_cache(
+                cfg,
+                model,
+                split_data,
+                builders.build_train_transform(cfg),
+                builders.build_eval_transform(cfg),
+                torch.device("cpu"),
+            )
 
         cached = apply(data).data
         assert calls["images"] == 50 + 250 + 200  # train eval features = database rows
         assert cached.database.features["eval"].shape == (250, 32)
         live = Tiny(features_size=32).eval()
         x = torch.stack([builders.build_eval_transform(cfg)(data.query.load(i)) for i in range(5)])
-        np.testing.assert_allclose(cached.query.features["eval"][:5], live(x).detach().numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            cached.query.features["eval"][:5], live(x).detach().numpy(), rtol=1e-5, atol=1e-6
+        )
         calls["images"] = 0
         apply(data)
         assert calls["images"] == 0
-        other = HashingData(train=data.train, query=pool.subset(picks[250:300]), database=data.database)
+        other = HashingData(
+            train=data.train, query=pool.subset(picks[250:300]), database=data.database
+        )
         apply(other)
         assert calls["images"] == 50  # only the changed query split
     finally:
@@ -335,7 +373,9 @@ def test_same_config_with_other_weights_is_a_miss(tmp_path, calls, monkeypatch):
     monkeypatch.setattr(Tiny, "__init__", other_weights)
     calls["images"] = 0
     second, _ = build(tmp_path, "model=sdc", name="other")
-    assert calls["images"] == len(second.data.query) + len(second.data.database) + len(second.data.train)
+    assert calls["images"] == len(second.data.query) + len(second.data.database) + len(
+        second.data.train
+    )
     assert len([p for p in cache_files(tmp_path) if p.name.startswith("query-")]) == 2
     assert not np.allclose(first.data.query.features["eval"], second.data.query.features["eval"])
 
@@ -351,7 +391,9 @@ def test_damaged_cache_file_is_named_and_recomputed(tmp_path, calls, caplog):
         again, _ = build(tmp_path, "model=sdc", name="again")
     assert f"feature cache file {path} is damaged" in caplog.text
     assert calls["images"] == len(again.data.query)  # only the damaged entry
-    np.testing.assert_array_equal(again.data.query.features["eval"], first.data.query.features["eval"])
+    np.testing.assert_array_equal(
+        again.data.query.features["eval"], first.data.query.features["eval"]
+    )
 
 
 def test_damaged_shard_of_a_killed_extraction_is_extracted_again(tmp_path, calls, monkeypatch):
@@ -370,8 +412,12 @@ def test_damaged_shard_of_a_killed_extraction_is_extracted_again(tmp_path, calls
     resumed, _ = build(tmp_path, "model=sdc", "eval_batch_size=100", name="resumed")
     n_db, n_train = len(resumed.data.database), len(resumed.data.train)
     assert calls["images"] == (n_db - 256) + n_train  # shard 1 kept; shard 2 and the rest redone
-    np.testing.assert_allclose(resumed.data.database.features["eval"],
-                               clean.data.database.features["eval"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        resumed.data.database.features["eval"],
+        clean.data.database.features["eval"],
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_view_banks_seed_the_cpu_generator_only(tmp_path, monkeypatch):
@@ -400,18 +446,34 @@ def test_view_banks_seed_the_cpu_generator_only(tmp_path, monkeypatch):
     # and the CPU generator is as it was before extraction
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    fc.extract(trainer.data.query, Identity(trainer.data.query.features["eval"].shape[1]),
-               fc.CachedView("eval"), tmp_path / "x.npz", {"items": len(trainer.data.query),
-                                                           "dtype": "float32"},
-               torch.device("cpu"), view_seed=(1, 2), progress=False)
+    fc.extract(
+        trainer.data.query,
+        Identity(trainer.data.query.features["eval"].shape[1]),
+        fc.CachedView("eval"),
+        tmp_path / "x.npz",
+        {"items": len(trainer.data.query), "dtype": "float32"},
+        torch.device("cpu"),
+        view_seed=(1, 2),
+        progress=False,
+    )
     assert torch.equal(torch.get_rng_state(), state)
 
 
 def _build_in_process(root: Path, name: str, *kill_after: int) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, str(REPO / "tests" / "helpers" / "build_cached.py"),
-                             str(root), name, *map(str, kill_after)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "tests" / "helpers" / "build_cached.py"),
+            str(root),
+            name,
+            *map(str, kill_after),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -467,11 +529,16 @@ def test_a_rank_extracts_only_its_own_shards_and_rank_0_merges_them(tmp_path, mo
 
     parts = {"dtype": "float32", "split": "x"}
     path = tmp_path / "x.npz"
-    pieces, computed = fc._extract_shards(split, run, transform, path, parts, 64, 0, None, False,
-                                          "x", owned=lambda k: k % 2 == 1)
-    assert computed == 100 + 100 and sorted(k for k, v in pieces.items() if v is not None) == [100, 300]
-    pieces, computed = fc._extract_shards(split, run, transform, path, parts, 64, 0, None, False,
-                                          "x", owned=lambda k: k % 2 == 0)
+    pieces, computed = fc._extract_shards(
+        split, run, transform, path, parts, 64, 0, None, False, "x", owned=lambda k: k % 2 == 1
+    )
+    assert computed == 100 + 100 and sorted(k for k, v in pieces.items() if v is not None) == [
+        100,
+        300,
+    ]
+    pieces, computed = fc._extract_shards(
+        split, run, transform, path, parts, 64, 0, None, False, "x", owned=lambda k: k % 2 == 0
+    )
     assert computed == 100 + 100 + 50
     seen.clear()
     merged = fc._extract_locked(split, run, transform, path, parts, 64, 0, None, False, "x")

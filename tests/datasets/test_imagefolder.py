@@ -22,7 +22,11 @@ def make_folder(root: Path, per_class=6, suffixes=(".jpg", ".png")) -> Path:
     """root/<class>/<i><suffix>: ``per_class`` small random images per class, formats alternating."""
     for c, name in enumerate(CLASSES):
         for i in range(per_class):
-            write_image(root / name / f"{i:02d}{suffixes[i % len(suffixes)]}", size=(12, 10), seed=10 * c + i)
+            write_image(
+                root / name / f"{i:02d}{suffixes[i % len(suffixes)]}",
+                size=(12, 10),
+                seed=10 * c + i,
+            )
     return root
 
 
@@ -69,18 +73,30 @@ def test_disjoint_protocol_keeps_train_out_of_the_database(tmp_path):
 def test_split_is_seeded_and_cached(tmp_path):
     root = make_folder(tmp_path / "photos")
     cache = tmp_path / "data" / "splits"
-    first = image_folder_splits(root, queries_per_class=2, train_per_class=3, split_seed=1, split_cache=cache)
+    first = image_folder_splits(
+        root, queries_per_class=2, train_per_class=3, split_seed=1, split_cache=cache
+    )
     (cached,) = cache.glob("photos-*_standard_q2_t3_1.npz")
     assert sorted(p.name for p in root.iterdir()) == CLASSES  # nothing written into the collection
-    again = image_folder_splits(root, queries_per_class=2, train_per_class=3, split_seed=1, split_cache=cache)
+    again = image_folder_splits(
+        root, queries_per_class=2, train_per_class=3, split_seed=1, split_cache=cache
+    )
     uncached = image_folder_splits(root, queries_per_class=2, train_per_class=3, split_seed=1)
-    other = image_folder_splits(root, queries_per_class=2, train_per_class=3, split_seed=2, split_cache=cache)
+    other = image_folder_splits(
+        root, queries_per_class=2, train_per_class=3, split_seed=2, split_cache=cache
+    )
     for split in ("query", "train", "database"):
-        assert paths_of(getattr(first, split)) == paths_of(getattr(again, split)) == paths_of(getattr(uncached, split))
+        assert (
+            paths_of(getattr(first, split))
+            == paths_of(getattr(again, split))
+            == paths_of(getattr(uncached, split))
+        )
     assert paths_of(first.query) != paths_of(other.query)
     # a cache written for another file list is not trusted: one more image changes the split
     write_image(root / "cat" / "99.jpg", seed=99)
-    grown = image_folder_splits(root, queries_per_class=2, train_per_class=3, split_seed=1, split_cache=cache)
+    grown = image_folder_splits(
+        root, queries_per_class=2, train_per_class=3, split_seed=1, split_cache=cache
+    )
     assert grown.sizes()["database"] == 13
 
 
@@ -103,7 +119,9 @@ def test_without_header_check_a_corrupt_image_stops_the_run_at_load_with_one_sen
     root = make_folder(tmp_path / "photos", per_class=3)
     add_bad_files(root)
     data = image_folder_splits(root, queries_per_class=1, train_per_class=1, check_images=False)
-    split = data.query if any(p.endswith("broken.jpg") for p in paths_of(data.query)) else data.database
+    split = (
+        data.query if any(p.endswith("broken.jpg") for p in paths_of(data.query)) else data.database
+    )
     i = [p.endswith("broken.jpg") for p in paths_of(split)].index(True)
     with pytest.raises(DataError, match=r"Cannot read image .*broken\.jpg"):
         split.load(i)
@@ -121,16 +139,21 @@ def test_two_folders_take_queries_from_test_and_train_from_train(tmp_path):
     assert sum("/test/" in p for p in paths_of(data.database)) == 3
     everything = image_folder_splits(root, queries_per_class=None, train_per_class=None)
     assert everything.sizes() == {"query": 9, "database": 15, "train": 15}  # CIFAR-10 "official"
-    assert sorted(paths_of(everything.query)) == sorted(str(p) for p in (root / "test").rglob("*.*") if p.parent.name in CLASSES)
+    assert sorted(paths_of(everything.query)) == sorted(
+        str(p) for p in (root / "test").rglob("*.*") if p.parent.name in CLASSES
+    )
 
 
-@pytest.mark.parametrize("protocol, q, t, disjoint, official", [
-    ("standard", 100, 500, False, False),
-    ("disjoint", 100, 500, True, False),
-    ("q10k", 1000, 500, False, False),
-    ("q10k_train_all", 1000, None, False, False),
-    ("official", None, None, False, True),
-])
+@pytest.mark.parametrize(
+    "protocol, q, t, disjoint, official",
+    [
+        ("standard", 100, 500, False, False),
+        ("disjoint", 100, 500, True, False),
+        ("q10k", 1000, 500, False, False),
+        ("q10k_train_all", 1000, None, False, False),
+        ("official", None, None, False, True),
+    ],
+)
 def test_per_class_split_reproduces_the_cifar_protocols(protocol, q, t, disjoint, official):
     """Oracle: datasets.cifar's own split on a synthetic pool (10 classes x 1,600, 300 test each)."""
     rng = np.random.RandomState(0)
@@ -147,9 +170,14 @@ def test_per_class_split_reproduces_the_cifar_protocols(protocol, q, t, disjoint
 
 def test_too_small_classes_and_bad_settings_end_in_one_sentence(tmp_path):
     root = make_folder(tmp_path / "photos", per_class=3)
-    with pytest.raises(DataError, match=r"Class 'cat' has 3 images, fewer than queries_per_class=5: lower queries_per_class\."):
+    with pytest.raises(
+        DataError,
+        match=r"Class 'cat' has 3 images, fewer than queries_per_class=5: lower queries_per_class\.",
+    ):
         image_folder_splits(root, queries_per_class=5, train_per_class=1)
-    with pytest.raises(DataError, match=r"Class 'cat' has 1 images left after its 2 queries.*lower train_per_class"):
+    with pytest.raises(
+        DataError, match=r"Class 'cat' has 1 images left after its 2 queries.*lower train_per_class"
+    ):
         image_folder_splits(root, queries_per_class=2, train_per_class=2)
     with pytest.raises(ConfigError, match="Unknown image-folder protocol 'foo'"):
         image_folder_splits(root, protocol="foo")
@@ -159,7 +187,9 @@ def test_too_small_classes_and_bad_settings_end_in_one_sentence(tmp_path):
         image_folder_splits(root, protocol="disjoint", train_per_class=None)
     with pytest.raises(ConfigError, match="queries_per_class=0 is invalid"):
         image_folder_splits(root, queries_per_class=0)
-    with pytest.raises(ConfigError, match=r"needs the collection's folder: pass dataset.root=<folder>\."):
+    with pytest.raises(
+        ConfigError, match=r"needs the collection's folder: pass dataset.root=<folder>\."
+    ):
         image_folder_splits(None)
     with pytest.raises(DataError, match="not found: set dataset.root"):
         image_folder_splits(tmp_path / "nowhere")
@@ -193,7 +223,9 @@ def test_the_real_cifar10_folder_gives_cifar10s_official_split(tmp_path_factory)
         reference = cifar10_splits(root, protocol="official", download=False)
         for split in ("train", "query", "database"):
             assert paths_of(getattr(data, split)) == paths_of(getattr(reference, split)), split
-            np.testing.assert_array_equal(getattr(data, split).labels, getattr(reference, split).labels)
+            np.testing.assert_array_equal(
+                getattr(data, split).labels, getattr(reference, split).labels
+            )
 
 
 @pytest.mark.slow
@@ -202,14 +234,32 @@ def test_main_v2_trains_and_evaluates_on_an_image_folder(tmp_path):
     a stray text file, backbone=tiny, two epochs."""
     root = make_folder(tmp_path / "photos", per_class=8)
     add_bad_files(root)
-    result = run_cli("main_v2.py", [
-        "dataset=imagefolder", f"dataset.root={root}", "dataset.source.queries_per_class=2",
-        "dataset.source.train_per_class=6", "dataset.resize=16", "dataset.crop=16", "backbone=tiny",
-        "model.nbit=16", "epochs=2", "eval_interval=1", "batch_size=6",
-        "progress=false", "num_workers=0", f"data_dir={tmp_path / 'data'}"], tmp_path)
+    result = run_cli(
+        "main_v2.py",
+        [
+            "dataset=imagefolder",
+            f"dataset.root={root}",
+            "dataset.source.queries_per_class=2",
+            "dataset.source.train_per_class=6",
+            "dataset.resize=16",
+            "dataset.crop=16",
+            "backbone=tiny",
+            "model.nbit=16",
+            "epochs=2",
+            "eval_interval=1",
+            "batch_size=6",
+            "progress=false",
+            "num_workers=0",
+            f"data_dir={tmp_path / 'data'}",
+        ],
+        tmp_path,
+    )
     output = result.stdout + result.stderr
     assert re.search(r"Skipped 2 file\(s\) under .*photos.*dog/broken\.jpg", output), output[-2000:]
-    assert "3 classes found (one folder), 24 images (2 skipped); standard split: train 18, query 6, database 18" in output
+    assert (
+        "3 classes found (one folder), 24 images (2 skipped); standard split: train 18, query 6, database 18"
+        in output
+    )
     logdir = Path(re.search(r"run directory: (.+)", result.stdout).group(1).strip())
     metrics = json.loads((logdir / "metrics.json").read_text())
     assert 0.0 < metrics["last"][metrics["main_metric"]] <= 1.0

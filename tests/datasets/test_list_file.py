@@ -66,7 +66,9 @@ def listed(tmp_path):
         write_image(tmp_path / "images" / f"{name}.png", size=(20, 10), mode="L")
     write(tmp_path / "ds" / "train.txt", "images/a.png 0 1\nimages/b.png 1 1\n")
     write(tmp_path / "ds" / "test.txt", "images/c.png 1 0\n")
-    write(tmp_path / "ds" / "database.txt", "images/a.png 0 1\nimages/b.png 1 1\nimages/c.png 1 0\n")
+    write(
+        tmp_path / "ds" / "database.txt", "images/a.png 0 1\nimages/b.png 1 1\nimages/c.png 1 0\n"
+    )
     return tmp_path
 
 
@@ -75,7 +77,9 @@ def test_list_file_splits(listed):
     assert data.sizes() == {"train": 2, "query": 1, "database": 3}
     assert data.split_indices is None
     img, label, i = data.database[2]
-    assert isinstance(img, Image.Image) and img.mode == "RGB" and img.size == (20, 10)  # converted to RGB
+    assert (
+        isinstance(img, Image.Image) and img.mode == "RGB" and img.size == (20, 10)
+    )  # converted to RGB
     assert label.dtype == torch.float32 and label.tolist() == [1.0, 0.0] and i == 2
 
 

@@ -53,7 +53,10 @@ def test_shapes_dtypes_range(kind, input_name):
     image, channels, size = INPUTS[input_name]
     transform = make(kind, size)
     torch.manual_seed(0)
-    for img in (image(), torch.from_numpy(np.array(image())).reshape(size, size, -1).permute(2, 0, 1).contiguous()):
+    for img in (
+        image(),
+        torch.from_numpy(np.array(image())).reshape(size, size, -1).permute(2, 0, 1).contiguous(),
+    ):
         for _ in range(8):  # several random draws: each random component gets applied
             out = transform(img)
             if transform.views == 1:
@@ -64,7 +67,9 @@ def test_shapes_dtypes_range(kind, input_name):
                     check_tensor(view, channels, size)
 
 
-@pytest.mark.parametrize("kind, views", [("eval", 1), ("no_augmentation", 1), ("simclr", 2), ("mocov2", 2)])
+@pytest.mark.parametrize(
+    "kind, views", [("eval", 1), ("no_augmentation", 1), ("simclr", 2), ("mocov2", 2)]
+)
 def test_views_attribute(kind, views):
     assert make(kind, 8).views == views
     assert isinstance(make(kind, 8).views, int)
@@ -121,7 +126,9 @@ def test_collate_two_views_from_digits():
     assert images[0].shape == (4, 1, 8, 8) and images[1].shape == (4, 1, 8, 8)
     assert labels.dtype == torch.long and labels.tolist() == data.train.labels[:4].tolist()
     assert index.tolist() == [0, 1, 2, 3]
-    images, labels, _ = next(iter(DataLoader(TransformedSplit(data.query, eval_transform(8, 8)), batch_size=3)))
+    images, labels, _ = next(
+        iter(DataLoader(TransformedSplit(data.query, eval_transform(8, 8)), batch_size=3))
+    )
     assert images.shape == (3, 1, 8, 8) and images.dtype == torch.float32
 
 
@@ -129,7 +136,10 @@ def test_collate_two_views_from_digits():
 def test_every_component_forced_on(input_name):
     """ColorJitter, RandomGrayscale and the blurs applied with probability 1 (1-channel 8x8 too)."""
     image, channels, size = INPUTS[input_name]
-    for transform in (SimCLRViews(size, jitter_p=1.0, grayscale_p=1.0), MoCoV2Views(size, jitter_p1=1.0, grayscale_p=1.0)):
+    for transform in (
+        SimCLRViews(size, jitter_p=1.0, grayscale_p=1.0),
+        MoCoV2Views(size, jitter_p1=1.0, grayscale_p=1.0),
+    ):
         for view in transform(image()):
             check_tensor(view, channels, size)
 
@@ -146,8 +156,9 @@ def test_transforms_pickle():
 def test_no_augmentation_is_the_eval_pipeline_with_bilinear_resizing():
     image = rgb32()
     assert isinstance(NoAugmentation(24, 16), EvalTransform)
-    assert torch.equal(NoAugmentation(24, 16, interpolation="bicubic")(image),
-                       eval_transform(24, 16)(image))
+    assert torch.equal(
+        NoAugmentation(24, 16, interpolation="bicubic")(image), eval_transform(24, 16)(image)
+    )
     assert not torch.equal(NoAugmentation(24, 16)(image), eval_transform(24, 16)(image))
 
 
@@ -158,8 +169,16 @@ def test_augmented_view_steps_by_hand():
     def same(x, y):  # equal up to float rounding of the /255 scaling
         return x.shape == y.shape and bool((x - y).abs().max() <= 1e-6)
 
-    off = {"crop": None, "scale": (1.0, 1.0), "ratio": (1.0, 1.0), "interpolation": "bilinear",
-           "jitter": (0.0, 0.0, 0.0, 0.0), "jitter_p": 0.0, "grayscale_p": 0.0, "blur": None}
+    off = {
+        "crop": None,
+        "scale": (1.0, 1.0),
+        "ratio": (1.0, 1.0),
+        "interpolation": "bilinear",
+        "jitter": (0.0, 0.0, 0.0, 0.0),
+        "jitter_p": 0.0,
+        "grayscale_p": 0.0,
+        "blur": None,
+    }
     assert same(augmented_view(flip_p=0.0, **off)(image), pixels)  # every step off
     assert same(augmented_view(flip_p=1.0, **off)(image), pixels.flip(-1))
     grey = augmented_view(flip_p=0.0, **{**off, "grayscale_p": 1.0})(image)

@@ -46,8 +46,11 @@ def main() -> None:
     Tiny.forward = forward
     from utils.compose.experiment import build_trainer
 
-    cfg = compose_run(["backbone=tiny", "feature_cache=on", "eval_batch_size=64",
-                       "dataset.source.train=20"], root, name)
+    cfg = compose_run(
+        ["backbone=tiny", "feature_cache=on", "eval_batch_size=64", "dataset.source.train=20"],
+        root,
+        name,
+    )
     trainer = build_trainer(cfg, root / name)
     checksum = float(trainer.data.database.features["eval"].astype("float64").sum())
     print(json.dumps({"images": counter["images"], "sum": checksum}))

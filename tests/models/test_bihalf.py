@@ -12,10 +12,14 @@ from utils.errors import ConfigError
 def test_loss_by_hand_is_the_mse_term_only():
     # pairs (0, 2), (1, 3); t = (cos(x0, x2), cos(x1, x3)) = (1, 0)
     x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    b = torch.tensor([[1.0, 1.0, 1.0, 1.0],
-                      [1.0, -1.0, 1.0, -1.0],
-                      [1.0, 1.0, 1.0, -1.0],
-                      [1.0, 1.0, -1.0, -1.0]])
+    b = torch.tensor(
+        [
+            [1.0, 1.0, 1.0, 1.0],
+            [1.0, -1.0, 1.0, -1.0],
+            [1.0, 1.0, 1.0, -1.0],
+            [1.0, 1.0, -1.0, -1.0],
+        ]
+    )
     # s = (2/4, 0/4) = (0.5, 0); mse = ((0.5 - 1)^2 + 0^2) / 2 = 0.125
     h = 10 * torch.randn(4, 4)  # no quantisation term: h does not matter
     terms = BiHalfLoss()(x, h, b)
@@ -79,14 +83,14 @@ def test_config_builds_and_one_training_step_trains_the_head_only(tmp_path):
     assert set(terms) == {"loss", "mse"} and torch.isfinite(terms["loss"])
     terms["loss"].backward()
     assert all(p.grad is None for p in trainer.model.backbone.parameters())
-    assert all(p.grad is not None and torch.isfinite(p.grad).all()
-               for p in trainer.model.head.parameters())
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in trainer.model.head.parameters()
+    )
 
 
 def test_batch_of_one_is_rejected_with_a_clear_message(tmp_path):
     from utils.compose.experiment import build_trainer
 
-    cfg = compose(["model=bihalf", "backbone=tiny", "val_size=0", "select_on=last",
-                   "batch_size=1"])
+    cfg = compose(["model=bihalf", "backbone=tiny", "val_size=0", "select_on=last", "batch_size=1"])
     with pytest.raises(ConfigError, match="bi-half needs at least two rows per bit"):
         build_trainer(cfg, tmp_path)

@@ -13,8 +13,8 @@ from utils.errors import ConfigError
 TAU = 0.3
 # Two images, 4 bits. a = (1,1,1,1), b = (1,1,-1,-1), b' = (1,1,-1,1):
 # cos(a, b) = 0, cos(a, b') = 2/4 = 0.5, cos(b, b') = 2/4 = 0.5.
-Z_I = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, -1.0, -1.0]])   # view i: a, b
-Z_J = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, -1.0, 1.0]])    # view j: a, b'
+Z_I = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, -1.0, -1.0]])  # view i: a, b
+Z_J = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, -1.0, 1.0]])  # view j: a, b'
 # Z = [a, b, a, b']; positives 0<->2, 1<->3.
 # anchor 0 (a):  pos a (1);    others b (0), b' (0.5)  -> -1/tau + log(e^{1/tau} + 1 + e^{0.5/tau})
 # anchor 1 (b):  pos b' (0.5); others a (0), a (0)     -> -0.5/tau + log(e^{0.5/tau} + 2)
@@ -46,8 +46,9 @@ def test_loss_by_hand():
 def test_kl_is_zero_for_equal_probabilities_and_positive_otherwise():
     torch.manual_seed(0)
     p = torch.rand(5, 4)
-    assert CIBHashLoss()(p, p.clone(), torch.randn(5, 4), torch.randn(5, 4))["kl"].item() == \
-        pytest.approx(0.0, abs=1e-6)
+    assert CIBHashLoss()(p, p.clone(), torch.randn(5, 4), torch.randn(5, 4))[
+        "kl"
+    ].item() == pytest.approx(0.0, abs=1e-6)
     assert CIBHashLoss()(p, torch.rand(5, 4), torch.randn(5, 4), torch.randn(5, 4))["kl"] > 0
 
 
@@ -75,9 +76,11 @@ def test_kl_target_is_detached():
     grad_i, grad_j = torch.autograd.grad(kl, (p_i, p_j))
     logit = lambda v: math.log(v / (1 - v))  # noqa: E731
     assert grad_i.flatten().tolist() == pytest.approx(
-        [0.5 * (logit(0.3) - logit(0.5)), 0.5 * (logit(0.6) - logit(0.2))], abs=1e-6)
+        [0.5 * (logit(0.3) - logit(0.5)), 0.5 * (logit(0.6) - logit(0.2))], abs=1e-6
+    )
     assert grad_j.flatten().tolist() == pytest.approx(
-        [0.5 * (logit(0.5) - logit(0.3)), 0.5 * (logit(0.2) - logit(0.6))], abs=1e-6)
+        [0.5 * (logit(0.5) - logit(0.3)), 0.5 * (logit(0.2) - logit(0.6))], abs=1e-6
+    )
 
 
 def test_loss_gradcheck_in_float64():
@@ -114,7 +117,8 @@ def test_head_codes_in_training_and_eval():
     out.codes.sum().backward()
     s = 1 / (1 + math.exp(-2))
     assert head.encoder[2].bias.grad.tolist() == pytest.approx(
-        [2 * 0.25, 2 * 0.1875, 2 * 0.1875, 2 * s * (1 - s)], abs=1e-6)  # 2 rows
+        [2 * 0.25, 2 * 0.1875, 2 * 0.1875, 2 * s * (1 - s)], abs=1e-6
+    )  # 2 rows
     out = head.eval()(x)
     assert out.codes[0].tolist() == pytest.approx(logits)  # eval codes are the logits
 
@@ -135,8 +139,11 @@ def test_config_builds_and_one_training_step_trains_the_head_only(tmp_path):
     from utils.compose.experiment import build_trainer
 
     cfg = compose(["model=cibhash", "backbone=tiny", "val_size=0", "select_on=last"])
-    assert (cfg.model.loss.temperature, cfg.model.loss.beta, cfg.backbone_lr_scale) == \
-        (0.3, 0.001, 0)
+    assert (cfg.model.loss.temperature, cfg.model.loss.beta, cfg.backbone_lr_scale) == (
+        0.3,
+        0.001,
+        0,
+    )
     assert isinstance(build.build_model(cfg).head, CIBHashHead)
     assert isinstance(build.build_criterion(cfg), CIBHashLoss)
     trainer = build_trainer(cfg, tmp_path)
@@ -147,8 +154,9 @@ def test_config_builds_and_one_training_step_trains_the_head_only(tmp_path):
     assert set(terms) == {"loss", "contrast", "kl"} and torch.isfinite(terms["loss"])
     terms["loss"].backward()
     assert all(p.grad is None for p in trainer.model.backbone.parameters())
-    assert all(p.grad is not None and torch.isfinite(p.grad).all()
-               for p in trainer.model.head.parameters())
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in trainer.model.head.parameters()
+    )
 
 
 def test_concatenated_forward_equals_one_forward_per_view(tmp_path):
@@ -168,7 +176,14 @@ def test_concatenated_forward_equals_one_forward_per_view(tmp_path):
 def test_one_view_transform_is_rejected(tmp_path):
     from utils.compose.experiment import build_trainer
 
-    cfg = compose(["model=cibhash", "backbone=tiny", "transforms=no_augmentation",
-                   "val_size=0", "select_on=last"])
+    cfg = compose(
+        [
+            "model=cibhash",
+            "backbone=tiny",
+            "transforms=no_augmentation",
+            "val_size=0",
+            "select_on=last",
+        ]
+    )
     with pytest.raises(ConfigError, match="2 view"):
         build_trainer(cfg, tmp_path)

@@ -9,6 +9,7 @@ from models.layers.sign import SignSTE, sign_ste
 
 # ---------------------------------------------------------------- sign, straight-through
 
+
 def test_sign_forward_uses_torch_semantics_with_zero():
     x = torch.tensor([-2.5, -0.1, 0.0, 0.3, 7.0])
     assert sign_ste(x).tolist() == [-1.0, -1.0, 0.0, 1.0, 1.0]
@@ -39,9 +40,14 @@ def test_sign_backward_equals_autograd_of_the_linear_surrogate_and_gradchecks():
 
 # ---------------------------------------------------------------- bi-half forward
 
+
 def test_bihalf_examples_of_methods_md():
-    assert bihalf_codes(torch.tensor([[3.0], [1.0], [2.0], [0.0]])).flatten().tolist() == \
-        [1.0, -1.0, 1.0, -1.0]
+    assert bihalf_codes(torch.tensor([[3.0], [1.0], [2.0], [0.0]])).flatten().tolist() == [
+        1.0,
+        -1.0,
+        1.0,
+        -1.0,
+    ]
     # odd N = 3: floor(3/2) = 1 row gets +1, the median row (value 1) gets -1
     assert bihalf_codes(torch.tensor([[2.0], [0.0], [1.0]])).flatten().tolist() == [1.0, -1.0, -1.0]
 
@@ -106,6 +112,7 @@ def test_bihalf_keeps_dtype_and_rejects_one_row():
 
 
 # ---------------------------------------------------------------- bi-half backward
+
 
 def test_bihalf_backward_by_hand():
     # N = 4 rows, K = 2 bits, gamma = 4 -> gamma / (N K) = 0.5

@@ -67,8 +67,13 @@ def test_pcah_projection_equals_the_principal_directions():
     components = PCA(n_components=5).fit(x).components_.T
     for oracle in (top, components):
         for k in range(5):  # equal up to the sign of each direction
-            assert min(np.abs(projection[:, k] - oracle[:, k]).max(),
-                       np.abs(projection[:, k] + oracle[:, k]).max()) < 1e-5, k
+            assert (
+                min(
+                    np.abs(projection[:, k] - oracle[:, k]).max(),
+                    np.abs(projection[:, k] + oracle[:, k]).max(),
+                )
+                < 1e-5
+            ), k
     assert np.allclose(projection.T @ projection, np.eye(5), atol=1e-5)
 
 
@@ -119,8 +124,9 @@ def test_itq_beats_its_random_start_and_pca_on_quantisation_error():
     assert quantisation_error(itq) < quantisation_error(pcah)
 
 
-@pytest.mark.parametrize("method,head_class", [("lsh", LSHHead), ("pcah", PCAHHead),
-                                               ("itq", ITQHead)])
+@pytest.mark.parametrize(
+    "method,head_class", [("lsh", LSHHead), ("pcah", PCAHHead), ("itq", ITQHead)]
+)
 def test_linear_hash_configs_compose_and_instantiate(method, head_class):
     from utils.compose import build
 
@@ -158,8 +164,13 @@ def test_closed_form_run_writes_the_engines_artefacts_and_reloads(tmp_path):
     key = metrics["main_metric"]
     assert key == "mAP@100" and 0.0 < metrics["last"][key] <= 1.0
     assert metrics["best"]["epoch"] == 1 and metrics["best"][key] == metrics["last"][key]
-    for name in ("train_history.json", "test_history.json", "metrics.json",
-                 "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in (
+        "train_history.json",
+        "test_history.json",
+        "metrics.json",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (tmp_path / name).is_file(), name
     assert list(tmp_path.glob("events.out.tfevents*"))
     history = read_json(tmp_path / "train_history.json")

@@ -19,15 +19,18 @@ SMALL = ["num_workers=0", "progress=false", "val_size=0", "select_on=last"]
 
 # ---------------------------------------------------------------- SoftSort
 
+
 def test_softsort_by_hand_on_one_row():
     # S = (0.2, 0.9, 0.5), sorted descending sigma = (0.9, 0.5, 0.2), tau = 1, pow = 1:
     # rank 0: |S - 0.9| = (0.7, 0, 0.4) -> softmax(-(0.7, 0, 0.4)) = (e^-0.7, 1, e^-0.4) / Z0
     # rank 1: |S - 0.5| = (0.3, 0.4, 0) -> (e^-0.3, e^-0.4, 1) / Z1
     # rank 2: |S - 0.2| = (0, 0.7, 0.3) -> (1, e^-0.7, e^-0.3) / Z2
     s = torch.tensor([[0.2, 0.9, 0.5]], dtype=torch.float64)
-    rows = [[math.exp(-0.7), 1.0, math.exp(-0.4)],
-            [math.exp(-0.3), math.exp(-0.4), 1.0],
-            [1.0, math.exp(-0.7), math.exp(-0.3)]]
+    rows = [
+        [math.exp(-0.7), 1.0, math.exp(-0.4)],
+        [math.exp(-0.3), math.exp(-0.4), 1.0],
+        [1.0, math.exp(-0.7), math.exp(-0.3)],
+    ]
     expected = torch.tensor([[v / sum(row) for v in row] for row in rows], dtype=torch.float64)
     p = soft_sort(s, tau=1.0)
     assert p.shape == (1, 3, 3)
@@ -75,6 +78,7 @@ def test_l2norm_unit_rows_and_zero_row():
 
 # ---------------------------------------------------------------- the loss by hand
 
+
 def _hand_batch():
     """n = 3 images, K = 4 bits, latents = the unit vectors (z1 = z2 = I_3).
 
@@ -114,15 +118,18 @@ def test_nsh_loss_by_hand_single_softmax():
     codes, latent = _hand_batch()
     ranked = _hand_ranked()
     tau, m = 0.3, 2
-    expected = sum(sum(math.log1p(math.exp((row[2] - row[r]) / tau)) for row in ranked) / 3 / m
-                   for r in range(m))
+    expected = sum(
+        sum(math.log1p(math.exp((row[2] - row[r]) / tau)) for row in ranked) / 3 / m
+        for r in range(m)
+    )
     out = NSHLoss(m=2, quan=1.0, tau=0.3, softsort_tau=0.25, double_softmax=False)(codes, latent)
     assert out["nce"].item() == pytest.approx(expected, abs=1e-12)
     assert out["quan"].item() == 0.0
     assert out["loss"].item() == pytest.approx(expected, abs=1e-12)
     # softsort_tau=None means 1 / K = 1/4 here
-    assert NSHLoss(softsort_tau=None)(codes, latent)["nce"].item() == pytest.approx(expected,
-                                                                                  abs=1e-12)
+    assert NSHLoss(softsort_tau=None)(codes, latent)["nce"].item() == pytest.approx(
+        expected, abs=1e-12
+    )
 
 
 def test_nsh_loss_by_hand_double_softmax_reproduces_the_reference():
@@ -179,6 +186,7 @@ def test_nsh_head_shapes_and_ranges():
 
 # ---------------------------------------------------------------- config and one training step
 
+
 def test_nsh_config_has_the_reference_defaults():
     cfg = compose(["model=nsh"])
     assert cfg.backbone._target_.endswith("ResNet50") and cfg.backbone.set_eval_mode
@@ -195,8 +203,9 @@ def test_nsh_config_has_the_reference_defaults():
 def test_nsh_training_step_on_tiny_gives_a_finite_loss_and_head_gradients(tmp_path):
     from utils.compose.experiment import build_trainer
 
-    cfg = compose(["model=nsh", "backbone=tiny", "dataset=digits", "batch_size=8",
-                   "model.nbit=16", *SMALL])
+    cfg = compose(
+        ["model=nsh", "backbone=tiny", "dataset=digits", "batch_size=8", "model.nbit=16", *SMALL]
+    )
     trainer = build_trainer(cfg, tmp_path)
     trainer.model.train()
     batch = next(iter(trainer.train_loader(0)))
@@ -206,8 +215,9 @@ def test_nsh_training_step_on_tiny_gives_a_finite_loss_and_head_gradients(tmp_pa
     assert torch.isfinite(terms["loss"])
     terms["loss"].backward()
     assert all(p.grad is None for p in trainer.model.backbone.parameters())
-    assert all(p.grad is not None and torch.isfinite(p.grad).all()
-               for p in trainer.model.head.parameters())
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in trainer.model.head.parameters()
+    )
 
 
 def test_nsh_trainer_rejects_a_batch_not_larger_than_m(tmp_path):

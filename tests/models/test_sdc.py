@@ -22,8 +22,9 @@ def test_targets_n32_match_scipy_values_of_methods_md():
 
 def test_targets_n64_and_clamp():
     c = calibration_targets(64)
-    assert c[:5].tolist() == pytest.approx([-0.676861, -0.582496, -0.527286, -0.485751,
-                                            -0.451524], abs=2e-6)
+    assert c[:5].tolist() == pytest.approx(
+        [-0.676861, -0.582496, -0.527286, -0.485751, -0.451524], abs=2e-6
+    )
     assert c[-1].item() == pytest.approx(0.676861, abs=2e-6)
     clamped = calibration_targets(64, clamp_at_zero=True)
     assert int((clamped == 0).sum()) == 32
@@ -35,7 +36,8 @@ def test_target_of_n1_is_the_median_and_beta11_is_uniform():
     # Beta(1, 1) is uniform: c_k = 2 (2k - 1) / (2n) - 1
     n = 4
     assert calibration_targets(n, 1.0, 1.0).tolist() == pytest.approx(
-        [2 * (2 * k - 1) / (2 * n) - 1 for k in range(1, n + 1)])
+        [2 * (2 * k - 1) / (2 * n) - 1 for k in range(1, n + 1)]
+    )
 
 
 def test_pairings():
@@ -72,7 +74,8 @@ def test_quantisation_term_by_hand():
     expected = (0 + (1 - 7 / (5 * math.sqrt(2)))) / 2
     assert SDCLoss(quan_type="cs")(x, v)["quan"].item() == pytest.approx(expected, abs=1e-6)
     assert SDCLoss(quan_type="l1")(x, v)["quan"].item() == pytest.approx(
-        (0.5 + 0.5 + 2 + 3) / 4, abs=1e-6)
+        (0.5 + 0.5 + 2 + 3) / 4, abs=1e-6
+    )
 
 
 def test_odd_row_dropped_and_l2_hinge_variants():
@@ -101,8 +104,9 @@ def test_contrastive_variant_adds_nt_xent_between_views():
     with_cont = SDCLoss(pairing="four_blocks", ortho_constraint=True, temperature=0.3)(x, v)
     expected = nt_xent(v[:4], v[4:], 0.3)
     assert with_cont["cont"].item() == pytest.approx(expected.item(), abs=1e-6)
-    assert with_cont["loss"].item() == pytest.approx(plain["loss"].item() + expected.item(),
-                                                     abs=1e-5)
+    assert with_cont["loss"].item() == pytest.approx(
+        plain["loss"].item() + expected.item(), abs=1e-5
+    )
 
 
 def test_nt_xent_by_hand_and_symmetry():
@@ -116,8 +120,9 @@ def test_nt_xent_by_hand_and_symmetry():
     a, b = torch.randn(5, 3), torch.randn(5, 3)
     assert nt_xent(a, b, 0.3).item() == pytest.approx(nt_xent(b, a, 0.3).item(), abs=1e-6)
     perm = torch.randperm(5)
-    assert nt_xent(a[perm], b[perm], 0.3).item() == pytest.approx(nt_xent(a, b, 0.3).item(),
-                                                                   abs=1e-6)
+    assert nt_xent(a[perm], b[perm], 0.3).item() == pytest.approx(
+        nt_xent(a, b, 0.3).item(), abs=1e-6
+    )
 
 
 def test_loss_gradient_matches_finite_differences():
@@ -168,23 +173,28 @@ def test_every_calibration_variant_by_hand(rec_type):
     c1, c2 = _beta_targets_by_scipy(2)
     gaps = [-0.936 - c1, 0.8 - c2]  # one below its target, one above
     assert gaps[0] < 0 < gaps[1]
-    expected = {"l1": (abs(gaps[0]) + abs(gaps[1])) / 2,
-                "l2": (gaps[0] ** 2 + gaps[1] ** 2) / 2,
-                # one-sided: only similarities above their target are pulled down (methods.md)
-                "hinge": (max(gaps[0], 0) + max(gaps[1], 0)) / 2}[rec_type]
+    expected = {
+        "l1": (abs(gaps[0]) + abs(gaps[1])) / 2,
+        "l2": (gaps[0] ** 2 + gaps[1] ** 2) / 2,
+        # one-sided: only similarities above their target are pulled down (methods.md)
+        "hinge": (max(gaps[0], 0) + max(gaps[1], 0)) / 2,
+    }[rec_type]
     assert expected > 0
     rec = SDCLoss(rec_type=rec_type)(x, v)["rec"].item()
     assert rec == pytest.approx(expected, abs=1e-9)
 
 
-@pytest.mark.parametrize("quan_type, expected", [
-    # cos(v, sign v) = (|v_1| + |v_2|) / sqrt 2 for unit v: 1.4 / sqrt 2 twice, 1.24 / sqrt 2 twice
-    ("cs", 1 - (1.4 + 1.4 + 1.24 + 1.24) / (4 * math.sqrt(2))),
-    # |v - sign v| elementwise: 0.4 0.2 | 0.4 0.2 | 0.04 0.72 | 0.72 0.04
-    ("l1", (0.4 + 0.2 + 0.4 + 0.2 + 0.04 + 0.72 + 0.72 + 0.04) / 8),
-    ("l2", (0.16 + 0.04 + 0.16 + 0.04 + 0.0016 + 0.5184 + 0.5184 + 0.0016) / 8),
-    ("p3", (0.064 + 0.008 + 0.064 + 0.008 + 0.000064 + 0.373248 + 0.373248 + 0.000064) / 8),
-])
+@pytest.mark.parametrize(
+    "quan_type, expected",
+    [
+        # cos(v, sign v) = (|v_1| + |v_2|) / sqrt 2 for unit v: 1.4 / sqrt 2 twice, 1.24 / sqrt 2 twice
+        ("cs", 1 - (1.4 + 1.4 + 1.24 + 1.24) / (4 * math.sqrt(2))),
+        # |v - sign v| elementwise: 0.4 0.2 | 0.4 0.2 | 0.04 0.72 | 0.72 0.04
+        ("l1", (0.4 + 0.2 + 0.4 + 0.2 + 0.04 + 0.72 + 0.72 + 0.04) / 8),
+        ("l2", (0.16 + 0.04 + 0.16 + 0.04 + 0.0016 + 0.5184 + 0.5184 + 0.0016) / 8),
+        ("p3", (0.064 + 0.008 + 0.064 + 0.008 + 0.000064 + 0.373248 + 0.373248 + 0.000064) / 8),
+    ],
+)
 def test_every_quantisation_variant_by_hand(quan_type, expected):
     x, v = _hand_batch()
     assert SDCLoss(quan_type=quan_type)(x, v)["quan"].item() == pytest.approx(expected, abs=1e-9)
@@ -199,8 +209,13 @@ def test_weighted_total_with_every_term_non_zero():
     tau, rows = 0.5, v.tolist()
     unit = [[a / math.hypot(a, b), b / math.hypot(a, b)] for a, b in rows]
     sim = [[(p[0] * q[0] + p[1] * q[1]) / tau for q in unit] for p in unit]
-    cont = sum(-sim[i][(i + 2) % 4] + math.log(sum(math.exp(sim[i][k]) for k in range(4) if k != i))
-               for i in range(4)) / 4
+    cont = (
+        sum(
+            -sim[i][(i + 2) % 4] + math.log(sum(math.exp(sim[i][k]) for k in range(4) if k != i))
+            for i in range(4)
+        )
+        / 4
+    )
     terms = SDCLoss(rec=2.0, quan=3.0, cont=0.25, temperature=tau)(x, v)
     assert min(rec, quan, cont) > 0
     assert terms["rec"].item() == pytest.approx(rec, abs=1e-9)

@@ -11,10 +11,9 @@ from utils.errors import ConfigError
 # 4 rows -> pairs (0, 2) and (1, 3).
 X = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
 # t_0 = cos(x0, x2) = 1, t_1 = cos(x1, x3) = 0
-H = torch.tensor([[2.0, 1.0, 0.5, 1.0],
-                  [1.0, -2.0, 1.0, -0.5],
-                  [1.0, 1.0, 1.0, -1.0],
-                  [1.0, 1.0, -1.0, -1.0]])
+H = torch.tensor(
+    [[2.0, 1.0, 0.5, 1.0], [1.0, -2.0, 1.0, -0.5], [1.0, 1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0]]
+)
 B = torch.sign(H)
 # s_0 = cos(b0, b2) = cos((1,1,1,1), (1,1,1,-1)) = (1 + 1 + 1 - 1) / 4 = 0.5
 # s_1 = cos(b1, b3) = cos((1,-1,1,-1), (1,1,-1,-1)) = (1 - 1 - 1 + 1) / 4 = 0
@@ -48,8 +47,9 @@ def test_loss_is_invariant_to_swapping_the_halves():
     torch.manual_seed(0)
     x, h = torch.rand(6, 5), torch.randn(6, 4)
     swap = torch.tensor([3, 4, 5, 0, 1, 2])
-    assert UGHLoss()(x[swap], h[swap], torch.sign(h[swap]))["loss"].item() == \
-        pytest.approx(UGHLoss()(x, h, torch.sign(h))["loss"].item(), abs=1e-7)
+    assert UGHLoss()(x[swap], h[swap], torch.sign(h[swap]))["loss"].item() == pytest.approx(
+        UGHLoss()(x, h, torch.sign(h))["loss"].item(), abs=1e-7
+    )
 
 
 def test_loss_gradcheck_in_float64_and_no_gradient_to_features():
@@ -73,8 +73,9 @@ def test_gradient_through_the_head_is_straight_through():
     b = torch.sign(h).detach().requires_grad_(True)
     manual = UGHLoss()(x, h, b)["loss"]
     grad_h, grad_b = torch.autograd.grad(manual, (h, b))
-    (through_head,) = torch.autograd.grad(UGHLoss()(x, out.codes, out.extra["binary"])["loss"],
-                                          out.codes)
+    (through_head,) = torch.autograd.grad(
+        UGHLoss()(x, out.codes, out.extra["binary"])["loss"], out.codes
+    )
     assert torch.allclose(through_head, grad_h + grad_b, atol=1e-12)
 
 
@@ -103,8 +104,9 @@ def test_config_builds_and_one_training_step_trains_the_head_only(tmp_path):
     assert set(terms) == {"loss", "mse", "quan"} and torch.isfinite(terms["loss"])
     terms["loss"].backward()
     assert all(p.grad is None for p in trainer.model.backbone.parameters())
-    assert all(p.grad is not None and torch.isfinite(p.grad).all()
-               for p in trainer.model.head.parameters())
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in trainer.model.head.parameters()
+    )
 
 
 def test_batch_of_one_is_rejected(tmp_path):

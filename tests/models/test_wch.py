@@ -23,13 +23,22 @@ SMALL = ["num_workers=0", "progress=false", "val_size=0", "select_on=last"]
 
 # ---------------------------------------------------------------- head pieces
 
+
 def test_wch_cross_attention_matches_the_definition():
     torch.manual_seed(0)
     x1, x2 = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64)
     x1_mixed, x2_mixed = cross_attention(x1, x2, temperature=0.5)
     for n in range(2):
-        s = torch.tensor([[F.cosine_similarity(x1[n, i], x2[n, j], dim=0).item() for j in range(3)]
-                          for i in range(3)], dtype=torch.float64) / 0.5
+        s = (
+            torch.tensor(
+                [
+                    [F.cosine_similarity(x1[n, i], x2[n, j], dim=0).item() for j in range(3)]
+                    for i in range(3)
+                ],
+                dtype=torch.float64,
+            )
+            / 0.5
+        )
         for j in range(3):  # X1'[n, j] = sum_i softmax_i(S[i, j]) X1[n, i]
             w = torch.softmax(s[:, j], dim=0)
             assert torch.allclose(x1_mixed[n, j], (w[:, None] * x1[n]).sum(0), atol=1e-12)
@@ -45,9 +54,17 @@ def test_wch_chunked_max_cosine_equals_the_unchunked_computation():
     # brute force: W0[n, m] = (1/P) sum_i max_j cos(a[n, i], b[m, j])
     cos = F.cosine_similarity(a[:, None, :, None, :], b[None, :, None, :, :], dim=-1)  # (5,5,6,7)
     expected = cos.amax(dim=3).mean(dim=2)
-    assert abs(expected[1, 3].item() - sum(
-        max(F.cosine_similarity(a[1, i], b[3, j], dim=0).item() for j in range(7))
-        for i in range(6)) / 6) < 1e-12
+    assert (
+        abs(
+            expected[1, 3].item()
+            - sum(
+                max(F.cosine_similarity(a[1, i], b[3, j], dim=0).item() for j in range(7))
+                for i in range(6)
+            )
+            / 6
+        )
+        < 1e-12
+    )
     for chunk in (None, 1, 2, 3, 5, 100):
         assert torch.allclose(mean_max_cosine(a, b, chunk), expected, atol=1e-12), chunk
     # the head picks the chunk from its element budget: 13 images at B = 64, P = 196, 2^25
@@ -114,7 +131,7 @@ def test_wch_head_init_eval_codes_and_train_forward_shapes():
     head = WCHHead(in_features=32, nbit=8, token_dim=16)
     assert head.fc.in_features == 16 and head.b.out_features == 8
     assert head.fc.weight.abs().max() <= math.sqrt(6 / 16)  # Kaiming-uniform, fan_out = 16
-    assert head.b.weight.abs().max() <= math.sqrt(6 / 8)    # fan_out = K = 8
+    assert head.b.weight.abs().max() <= math.sqrt(6 / 8)  # fan_out = K = 8
     assert head.fc_norm.eps == 1e-6
     tokens = torch.randn(5, 9, 16)
     out = head(tokens)
@@ -128,6 +145,7 @@ def test_wch_head_init_eval_codes_and_train_forward_shapes():
 
 
 # ---------------------------------------------------------------- the loss by hand
+
 
 def test_wch_loss_by_hand_on_two_samples_with_four_bits():
     # h1 = [(+,+,+,+), (+,+,-,-)], h2 = [(+,+,+,+), (+,-,+,-)]: dot products [[4, 0], [0, 0]],
@@ -149,8 +167,9 @@ def test_wch_loss_by_hand_on_two_samples_with_four_bits():
     # normalize_w: targets [[2/3, 1/3], [2/3, 1/3]]:
     # CE0 = -(2/3 (a - L) + 1/3 (-L)) = -2a/3 + L; CE1 = log 2
     normalized = WCHLoss(temperature=0.3, normalize_w=True)(h1, h2, weighted)
-    assert normalized["ce"].item() == pytest.approx((-2 * a / 3 + big_l + math.log(2)) / 2,
-                                                    abs=1e-12)
+    assert normalized["ce"].item() == pytest.approx(
+        (-2 * a / 3 + big_l + math.log(2)) / 2, abs=1e-12
+    )
 
 
 def test_wch_loss_gradient_reaches_the_codes():
@@ -162,6 +181,7 @@ def test_wch_loss_gradient_reaches_the_codes():
 
 
 # ---------------------------------------------------------------- config, bad input, one step
+
 
 def test_wch_config_has_the_reference_defaults():
     cfg = compose(["model=wch"])
@@ -186,8 +206,9 @@ def test_wch_rejects_a_backbone_without_tokens():
 def test_wch_training_step_on_tiny_gives_a_finite_loss_and_head_gradients(tmp_path):
     from utils.compose.experiment import build_trainer
 
-    cfg = compose(["model=wch", "backbone=tiny", "dataset=digits", "batch_size=8",
-                   "model.nbit=16", *SMALL])
+    cfg = compose(
+        ["model=wch", "backbone=tiny", "dataset=digits", "batch_size=8", "model.nbit=16", *SMALL]
+    )
     trainer = build_trainer(cfg, tmp_path)
     assert trainer.model.head.token_dim == 16  # from backbone.token_dim of the tiny backbone
     trainer.model.train()
@@ -197,7 +218,8 @@ def test_wch_training_step_on_tiny_gives_a_finite_loss_and_head_gradients(tmp_pa
     assert torch.isfinite(terms["loss"])
     terms["loss"].backward()
     assert all(p.grad is None for p in trainer.model.backbone.parameters())
-    assert all(p.grad is not None and torch.isfinite(p.grad).all()
-               for p in trainer.model.head.parameters())
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in trainer.model.head.parameters()
+    )
     codes = trainer.model.eval().encode(batch[0][0])
     assert codes.shape == (8, 16) and set(codes.unique().tolist()) <= {-1.0, 1.0}

@@ -9,8 +9,12 @@ from conftest import run_cli
 
 @pytest.mark.slow
 def test_bench_sweep_quick(tmp_path):
-    out = run_cli("scripts/bench_sweep.py", ["--quick", "--logdir", str(tmp_path / "b")],
-                  tmp_path, timeout=900).stdout
+    out = run_cli(
+        "scripts/bench_sweep.py",
+        ["--quick", "--logdir", str(tmp_path / "b")],
+        tmp_path,
+        timeout=900,
+    ).stdout
     assert "sweep: 2 runs" in out
     assert re.search(r"sequential, threads=\d+ per run : +\d+\.\d s", out)
     assert re.search(r"joblib n_jobs=\d+, threads=auto +: +\d+\.\d s", out)

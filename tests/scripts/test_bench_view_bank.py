@@ -7,13 +7,23 @@ import pytest
 
 from conftest import REPO
 
-QUICK = ["model=cibhash", "backbone=tiny", "dataset=digits", "model.nbit=16", "num_workers=0",
-         "epochs=1", "dataset.source.train=20", "batch_size=32", "progress=false"]
+QUICK = [
+    "model=cibhash",
+    "backbone=tiny",
+    "dataset=digits",
+    "model.nbit=16",
+    "num_workers=0",
+    "epochs=1",
+    "dataset.source.train=20",
+    "batch_size=32",
+    "progress=false",
+]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_view_bank",
-                                                  REPO / "scripts" / "bench_view_bank.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_view_bank", REPO / "scripts" / "bench_view_bank.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -38,9 +48,18 @@ def test_live_trained_head_scores_the_same_from_the_cache(tmp_path):
     bench.train_head(live, live_cfg)
     # feature_extractor=torch: the eager features the live run saw, to the last bit (an engine's
     # differ by up to 1e-5, tests/utils/test_feature_extractor.py)
-    cached = build_trainer(bench.compose([*base, "feature_cache=on", "feature_cache_views=2",
-                                          "feature_extractor=torch",
-                                          f"logdir={tmp_path / 'cached'}"]), tmp_path / "cached")
+    cached = build_trainer(
+        bench.compose(
+            [
+                *base,
+                "feature_cache=on",
+                "feature_cache_views=2",
+                "feature_extractor=torch",
+                f"logdir={tmp_path / 'cached'}",
+            ]
+        ),
+        tmp_path / "cached",
+    )
     assert type(cached.model.backbone).__name__ == "Identity"  # really reads the cache
     load_model_state(cached.model, live.model.trainable_state_dict())
     expected, got = live.evaluate(), cached.evaluate()

@@ -17,14 +17,23 @@ import summarize  # noqa: E402
 def fake_run(root: Path, name: str, seed: int, last: float, best: float | None) -> None:
     run = root / name
     run.mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({
-        "seed": seed, "model": {"name": "sdc", "nbit": 16},
-        "dataset": {"name": "digits", "crop": 8}, "backbone": {"_target_": "x.Identity"}}),
-        run / "config.yaml")
-    metrics = {"main_metric": "mAP@100", "train_seconds": 1.0,
-               "last": {"epoch": 5, "mAP@100": last, "mAP_tie@100": last},
-               "best": None if best is None else {"epoch": 3, "mAP@100": best,
-                                                  "mAP_tie@100": best}}
+    OmegaConf.save(
+        OmegaConf.create(
+            {
+                "seed": seed,
+                "model": {"name": "sdc", "nbit": 16},
+                "dataset": {"name": "digits", "crop": 8},
+                "backbone": {"_target_": "x.Identity"},
+            }
+        ),
+        run / "config.yaml",
+    )
+    metrics = {
+        "main_metric": "mAP@100",
+        "train_seconds": 1.0,
+        "last": {"epoch": 5, "mAP@100": last, "mAP_tie@100": last},
+        "best": None if best is None else {"epoch": 3, "mAP@100": best, "mAP_tie@100": best},
+    }
     (run / "metrics.json").write_text(json.dumps(metrics))
 
 

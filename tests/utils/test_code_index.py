@@ -110,9 +110,11 @@ def test_ivf_with_every_list_probed_is_exact_on_distances():
 def clustered(n, nbit, n_clusters, seed):
     rng = np.random.default_rng(seed)
     protos = rng.integers(0, 256, (n_clusters, nbit // 8), dtype=np.uint8)
-    mask = (rng.integers(0, 256, (n, nbit // 8), dtype=np.uint8)
-            & rng.integers(0, 256, (n, nbit // 8), dtype=np.uint8)
-            & rng.integers(0, 256, (n, nbit // 8), dtype=np.uint8))
+    mask = (
+        rng.integers(0, 256, (n, nbit // 8), dtype=np.uint8)
+        & rng.integers(0, 256, (n, nbit // 8), dtype=np.uint8)
+        & rng.integers(0, 256, (n, nbit // 8), dtype=np.uint8)
+    )
     return protos[rng.integers(0, n_clusters, n)] ^ mask
 
 
@@ -123,8 +125,7 @@ def test_approximate_indexes_never_beat_exact_and_recall_high(kind):
     q = clustered(200, nbit, 20, seed=5)[::-1].copy()
     exact = build_index(db, nbit, index_params("flat", n))
     D_ref, _ = search_index(exact, q, k)
-    params = (index_params(kind, n, nlist=32, nprobe=8) if kind == "ivf"
-              else index_params(kind, n))
+    params = index_params(kind, n, nlist=32, nprobe=8) if kind == "ivf" else index_params(kind, n)
     index = build_index(db, nbit, params)
     D, I = search_index(index, q, k)
     assert (I >= 0).all()
@@ -155,8 +156,12 @@ def test_index_params_defaults_and_errors():
     assert index_params("ivf", 1000) == {"index_type": "ivf", "nlist": 25, "nprobe": 16}
     assert index_params("ivf", 200) == {"index_type": "ivf", "nlist": 5, "nprobe": 5}
     assert index_params("ivf", 10)["nlist"] == 1
-    assert index_params("hnsw", 50) == {"index_type": "hnsw", "M": 32, "efConstruction": 40,
-                                        "efSearch": 128}
+    assert index_params("hnsw", 50) == {
+        "index_type": "hnsw",
+        "M": 32,
+        "efConstruction": 40,
+        "efSearch": 128,
+    }
     assert index_params("hnsw", 50, ef_search=7)["efSearch"] == 7
     with pytest.raises(ConfigError, match="index_type must be one of flat, ivf, hnsw"):
         index_params("lsh", 10)
@@ -172,9 +177,13 @@ def test_index_params_defaults_and_errors():
 
 def test_check_k():
     assert check_k(5, 5) == 5
-    for bad, match in ((0, "k must be >= 1"), (-3, "k must be >= 1"),
-                       (6, "k=6 is larger than the database \\(5 codes\\)"),
-                       (True, "positive integer"), (2.0, "positive integer")):
+    for bad, match in (
+        (0, "k must be >= 1"),
+        (-3, "k must be >= 1"),
+        (6, "k=6 is larger than the database \\(5 codes\\)"),
+        (True, "positive integer"),
+        (2.0, "positive integer"),
+    ):
         with pytest.raises(ConfigError, match=match):
             check_k(bad, 5)
 

@@ -13,15 +13,21 @@ SPEC = {"index": (str, ...), "k": (int, 10), "progress": (bool, True), "nprobe":
 
 
 def test_parse_settings():
-    assert parse_settings(["index=a=b", "k=3"], SPEC) == {"index": "a=b", "k": 3,
-                                                          "progress": True, "nprobe": None}
+    assert parse_settings(["index=a=b", "k=3"], SPEC) == {
+        "index": "a=b",
+        "k": 3,
+        "progress": True,
+        "nprobe": None,
+    }
     assert parse_settings(["index=x", "progress=false", "nprobe=null"], SPEC)["progress"] is False
-    for args, match in ((["k=3"], "missing setting index="),
-                        (["index=x", "k=three"], "k must be an integer, got 'three'"),
-                        (["index=x", "K=3"], "unknown setting 'K'; valid keys: index, k"),
-                        (["index=x", "--k", "3"], "argument '--k' is not key=value"),
-                        (["index=x", "progress=yes"], "progress must be true or false"),
-                        (["index=null"], "setting index needs a value")):
+    for args, match in (
+        (["k=3"], "missing setting index="),
+        (["index=x", "k=three"], "k must be an integer, got 'three'"),
+        (["index=x", "K=3"], "unknown setting 'K'; valid keys: index, k"),
+        (["index=x", "--k", "3"], "argument '--k' is not key=value"),
+        (["index=x", "progress=yes"], "progress must be true or false"),
+        (["index=null"], "setting index needs a value"),
+    ):
         with pytest.raises(ConfigError, match=match):
             parse_settings(args, SPEC)
 
@@ -50,11 +56,13 @@ def test_load_query_codes(tmp_path):
     np.testing.assert_array_equal(load_query_codes(tmp_path / "v.npz", 12), expected)
     np.savez(tmp_path / "p.npz", packed=expected | np.array([[0, 0b1111]], np.uint8))
     np.testing.assert_array_equal(load_query_codes(tmp_path / "p.npz", 12), expected)  # padding
-    cases = [("u.npz", {"codes": u.astype(np.uint8)}, "is uint8, which would be read as"),
-             ("w.npz", {"codes": u[:, :8]}, "has shape (1, 8) but the index holds 12-bit"),
-             ("q.npz", {"packed": expected[:, :1]}, "'packed' must be (Q, 2) uint8"),
-             ("n.npz", {"other": u}, "holds none of the arrays 'codes'"),
-             ("nan.npz", {"codes": u * np.nan}, "contain NaN or inf")]
+    cases = [
+        ("u.npz", {"codes": u.astype(np.uint8)}, "is uint8, which would be read as"),
+        ("w.npz", {"codes": u[:, :8]}, "has shape (1, 8) but the index holds 12-bit"),
+        ("q.npz", {"packed": expected[:, :1]}, "'packed' must be (Q, 2) uint8"),
+        ("n.npz", {"other": u}, "holds none of the arrays 'codes'"),
+        ("nan.npz", {"codes": u * np.nan}, "contain NaN or inf"),
+    ]
     for name, arrays, match in cases:
         np.savez(tmp_path / name, **arrays)
         with pytest.raises(DataError, match=match.replace("(", "\\(").replace(")", "\\)")):
@@ -70,8 +78,11 @@ def test_query_files(tmp_path):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "x.png").write_bytes(b"")
-    assert [p.relative_to(tmp_path).as_posix() for p in query_files(tmp_path)] == \
-        ["a.jpg", "b/c.png", "z.png"]
+    assert [p.relative_to(tmp_path).as_posix() for p in query_files(tmp_path)] == [
+        "a.jpg",
+        "b/c.png",
+        "z.png",
+    ]
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no files"):
         query_files(tmp_path / "empty")

@@ -58,9 +58,13 @@ def test_pair_histograms_agree_with_the_engine_histograms():
     same, _ = dg.pair_distance_histograms(q, g, ql, dl)
     total_rel = np.array([(dl == c).sum() for c in ql])
     for r in range(q.shape[1] + 1):
-        rows = [retrieval_report(q[i:i + 1], g, ql[i:i + 1], dl, R=1, ks=(1,), radius=r,
-                                 pr_curve=False)[f"R_radius@{r}"] for i in range(len(q))]
-        assert round(float(np.dot(rows, total_rel))) == same[:r + 1].sum()
+        rows = [
+            retrieval_report(
+                q[i : i + 1], g, ql[i : i + 1], dl, R=1, ks=(1,), radius=r, pr_curve=False
+            )[f"R_radius@{r}"]
+            for i in range(len(q))
+        ]
+        assert round(float(np.dot(rows, total_rel))) == same[: r + 1].sum()
 
 
 def test_overlap_and_means_by_hand():
@@ -72,10 +76,14 @@ def test_overlap_and_means_by_hand():
 
 
 def test_code_statistics_by_hand():
-    codes = torch.tensor([[0.5, -0.2, 1.0, 0.0],
-                          [-0.5, -0.9, 1.0, 0.3],
-                          [0.5, 0.2, 1.0, -2.0],
-                          [0.5, -0.2, 1.0, 0.0]])
+    codes = torch.tensor(
+        [
+            [0.5, -0.2, 1.0, 0.0],
+            [-0.5, -0.9, 1.0, 0.3],
+            [0.5, 0.2, 1.0, -2.0],
+            [0.5, -0.2, 1.0, 0.0],
+        ]
+    )
     np.testing.assert_allclose(dg.bit_balance(codes), [0.75, 0.25, 1.0, 0.75])
     # |v - sign v|: row 1: .5 .8 0 1; row 2: .5 .1 0 .7; row 3: .5 .8 0 1; row 4 = row 1
     assert dg.quantisation_gap(codes) == pytest.approx((2.3 * 2 + 1.3 + 2.3) / 16)
@@ -135,8 +143,9 @@ def test_grid_rows_follow_the_engine_ranking(multilabel):
     for row in rows:
         i = row["query"]
         # the engine's ranking: L(k) (relevant items in the top k) for k = 1..10
-        report = retrieval_report(q[i:i + 1], g, ql[i:i + 1], dl, R=1, ks=range(1, 11),
-                                  radius=0, pr_curve=False)
+        report = retrieval_report(
+            q[i : i + 1], g, ql[i : i + 1], dl, R=1, ks=range(1, 11), radius=0, pr_curve=False
+        )
         L = np.cumsum(row["correct"])
         np.testing.assert_allclose(L / np.arange(1, 11), [report[f"P@{k}"] for k in range(1, 11)])
         # and the brute-force (distance, index) order itself
@@ -159,13 +168,18 @@ def test_pick_grid_queries_one_per_class_and_fixed():
 
 
 def test_training_curves_and_map_by_bits():
-    train = [{"epoch": 1, "lr/0": 0.1, "train_loss": 2.0, "train_rec": 1.5},
-             {"epoch": 2, "lr/0": 0.1, "train_loss": 1.0, "train_rec": 0.5}]
+    train = [
+        {"epoch": 1, "lr/0": 0.1, "train_loss": 2.0, "train_rec": 1.5},
+        {"epoch": 2, "lr/0": 0.1, "train_loss": 1.0, "train_rec": 0.5},
+    ]
     test = [{"epoch": 2, "mAP@10": 0.4, "mAP_tie@10": 0.41, "val_mAP@10": 0.5, "P@1": 0.3}]
     curves = dg.training_curves(train, test)
     assert curves["loss"] == {"loss": ([1, 2], [2.0, 1.0]), "rec": ([1, 2], [1.5, 0.5])}
-    assert curves["map"] == {"mAP@10": ([2], [0.4]), "mAP_tie@10": ([2], [0.41]),
-                             "val_mAP@10": ([2], [0.5])}
+    assert curves["map"] == {
+        "mAP@10": ([2], [0.4]),
+        "mAP_tie@10": ([2], [0.41]),
+        "val_mAP@10": ([2], [0.5]),
+    }
     rows = [{"method": "a", "nbit": 32, "seed": s, "map": m} for s, m in [(1, 0.2), (2, 0.4)]]
     rows += [{"method": "a", "nbit": 16, "seed": 1, "map": 0.1}]
     out = dg.map_by_bits(rows)

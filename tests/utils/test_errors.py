@@ -43,8 +43,9 @@ def test_settings_of_words_a_value_error_and_lets_everything_else_through():
     with pytest.raises(ConfigError) as caught:
         with settings_of("model.loss"):
             raise chained(ValueError("SDC loss: rec_type 'l3' is not one of l1, l2, hinge"))
-    assert str(caught.value) == ("Bad setting under model.loss: SDC loss: rec_type 'l3' is not "
-                                 "one of l1, l2, hinge")
+    assert str(caught.value) == (
+        "Bad setting under model.loss: SDC loss: rec_type 'l3' is not one of l1, l2, hinge"
+    )
     data = DataError("missing")
     with pytest.raises(RuntimeError) as kept:  # a UserError in the chain: unchanged
         with settings_of("model.loss"):

@@ -26,16 +26,22 @@ from utils.errors import ConfigError
 
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 HAS = {engine: not fe.missing_packages(engine) for engine in ("openvino", "onnxruntime")}
-ENGINES = [pytest.param(e, marks=pytest.mark.skipif(not HAS[e], reason=f"{e} is not installed"))
-           for e in ("openvino", "onnxruntime")]
+ENGINES = [
+    pytest.param(e, marks=pytest.mark.skipif(not HAS[e], reason=f"{e} is not installed"))
+    for e in ("openvino", "onnxruntime")
+]
 
 
 def photos(size: int = 224) -> torch.Tensor:
     """scikit-image's bundled colour photos through the eval transform: (4, 3, size, size)."""
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image gives the test photos")
     transform = eval_transform(size, size)
-    images = [skimage_data.coffee(), skimage_data.astronaut(), skimage_data.chelsea(),
-              skimage_data.rocket()]
+    images = [
+        skimage_data.coffee(),
+        skimage_data.astronaut(),
+        skimage_data.chelsea(),
+        skimage_data.rocket(),
+    ]
     return torch.stack([transform(Image.fromarray(image)) for image in images])
 
 
@@ -43,7 +49,9 @@ def cifar_jpegs(count: int = 8, size: int = 224) -> torch.Tensor:
     """The first ``count`` JPEGs of the shared CIFAR-10 archive (read from the tar, not
     extracted) through the eval transform: (count, 3, size, size)."""
     if not SHARED_CIFAR.is_file():
-        pytest.skip(f"shared CIFAR-10 copy not found at {SHARED_CIFAR} (a user's clone has no ../shared)")
+        pytest.skip(
+            f"shared CIFAR-10 copy not found at {SHARED_CIFAR} (a user's clone has no ../shared)"
+        )
     transform, images = eval_transform(size, size), []
     with tarfile.open(SHARED_CIFAR) as tar:
         for member in tar:
@@ -91,13 +99,16 @@ def test_efficientnet_lite0_on_cifar10_images_within_1e_4(engine):
     backbone = efficientnet_lite0()
     extractor = fe.build_extractor(backbone, engine, torch.device("cpu"), images[:2], threads=2)
     assert extractor.name == engine
-    np.testing.assert_allclose(extractor(images).numpy(), eager(backbone, images), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(
+        extractor(images).numpy(), eager(backbone, images), rtol=0, atol=1e-4
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("name", ["resnet50", "vgg16", "vit_b16", "efficientnet_lite1",
-                                  "efficientnet_lite2"])
+@pytest.mark.parametrize(
+    "name", ["resnet50", "vgg16", "vit_b16", "efficientnet_lite1", "efficientnet_lite2"]
+)
 def test_every_freezable_backbone_converts_with_random_weights(engine, name):
     """torchvision's ImageNet weights cannot be downloaded here: random weights test the
     conversion of the architecture; the features are scaled to order 1 for an absolute 1e-4."""
@@ -114,8 +125,9 @@ def test_every_freezable_backbone_converts_with_random_weights(engine, name):
     assert scale > 0
     extractor = fe.build_extractor(backbone, engine, torch.device("cpu"), images, threads=2)
     assert extractor.name == engine
-    np.testing.assert_allclose(extractor(images).numpy() / max(1.0, scale), expected / max(1.0, scale),
-                               rtol=0, atol=1e-4)
+    np.testing.assert_allclose(
+        extractor(images).numpy() / max(1.0, scale), expected / max(1.0, scale), rtol=0, atol=1e-4
+    )
 
 
 def test_grey_images_and_a_second_input_size_convert_per_shape():
@@ -123,8 +135,9 @@ def test_grey_images_and_a_second_input_size_convert_per_shape():
     if not HAS["openvino"]:
         pytest.skip("openvino is not installed")
     backbone = Tiny(features_size=8).eval()
-    extractor = fe.build_extractor(backbone, "openvino", torch.device("cpu"),
-                                   torch.rand(2, 1, 8, 8), threads=1)
+    extractor = fe.build_extractor(
+        backbone, "openvino", torch.device("cpu"), torch.rand(2, 1, 8, 8), threads=1
+    )
     for shape in [(3, 1, 8, 8), (5, 3, 16, 16)]:
         images = torch.rand(shape)
         np.testing.assert_allclose(extractor(images).numpy(), eager(backbone, images), atol=1e-5)
@@ -137,8 +150,13 @@ def test_grey_images_and_a_second_input_size_convert_per_shape():
 def test_openvino_runs_fp32_with_the_given_threads(threads):
     import openvino as ov
 
-    extractor = fe.build_extractor(Tiny(features_size=8), "openvino", torch.device("cpu"),
-                                   torch.rand(2, 3, 8, 8), threads=threads)
+    extractor = fe.build_extractor(
+        Tiny(features_size=8),
+        "openvino",
+        torch.device("cpu"),
+        torch.rand(2, 3, 8, 8),
+        threads=threads,
+    )
     compiled = next(iter(extractor.runners.values())).get_compiled_model()
     assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
     assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == threads
@@ -156,8 +174,9 @@ def test_onnxruntime_uses_the_given_threads(monkeypatch):
         return original(model, options, **kwargs)
 
     monkeypatch.setattr(ort, "InferenceSession", session)
-    fe.build_extractor(Tiny(features_size=8), "onnxruntime", torch.device("cpu"),
-                       torch.rand(2, 3, 8, 8), threads=2)
+    fe.build_extractor(
+        Tiny(features_size=8), "onnxruntime", torch.device("cpu"), torch.rand(2, 3, 8, 8), threads=2
+    )
     assert seen == [(2, 1)]
 
 
@@ -165,8 +184,9 @@ def test_onnxruntime_uses_the_given_threads(monkeypatch):
 def test_engine_threads_default_to_torchs_count(monkeypatch):
     """The composer sets torch's threads from ``threads`` (auto: every core) before extraction."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    extractor = fe.build_extractor(Tiny(features_size=8), "openvino", torch.device("cpu"),
-                                   torch.rand(2, 3, 8, 8))
+    extractor = fe.build_extractor(
+        Tiny(features_size=8), "openvino", torch.device("cpu"), torch.rand(2, 3, 8, 8)
+    )
     assert extractor.threads == 1
 
 
@@ -191,21 +211,30 @@ def test_missing_openvino_falls_back_to_torch_with_one_log_line(monkeypatch, cap
     hide(monkeypatch, "openvino")
     backbone = Tiny(features_size=8)
     with caplog.at_level(logging.INFO, logger="utils.feature_extractor"):
-        extractor = fe.build_extractor(backbone, "auto", torch.device("cpu"), torch.rand(2, 3, 8, 8))
+        extractor = fe.build_extractor(
+            backbone, "auto", torch.device("cpu"), torch.rand(2, 3, 8, 8)
+        )
     assert isinstance(extractor, fe.TorchExtractor)
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["feature extractor: torch (auto: OpenVINO is not installed (pip install openvino))"]
+    assert lines == [
+        "feature extractor: torch (auto: OpenVINO is not installed (pip install openvino))"
+    ]
     images = torch.rand(4, 3, 8, 8)
     np.testing.assert_array_equal(extractor(images).numpy(), eager(backbone, images))
 
 
-@pytest.mark.parametrize("engine, packages", [("openvino", ["openvino"]),
-                                              ("onnxruntime", ["onnxruntime"]),
-                                              ("onnxruntime", ["onnx"])])
+@pytest.mark.parametrize(
+    "engine, packages",
+    [("openvino", ["openvino"]), ("onnxruntime", ["onnxruntime"]), ("onnxruntime", ["onnx"])],
+)
 def test_an_explicit_engine_that_is_missing_is_one_sentence(monkeypatch, engine, packages):
     hide(monkeypatch, *packages)
-    with pytest.raises(ConfigError, match=f"feature_extractor={engine} needs {packages[0]}.*pip install"):
-        fe.build_extractor(Tiny(features_size=8), engine, torch.device("cpu"), torch.rand(2, 3, 8, 8))
+    with pytest.raises(
+        ConfigError, match=f"feature_extractor={engine} needs {packages[0]}.*pip install"
+    ):
+        fe.build_extractor(
+            Tiny(features_size=8), engine, torch.device("cpu"), torch.rand(2, 3, 8, 8)
+        )
 
 
 def test_unknown_engine_is_a_config_error():
@@ -222,19 +251,27 @@ class Untraceable(Tiny):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_backbone_the_engine_cannot_run_falls_back_in_auto_and_is_an_error_when_asked(
-        engine, monkeypatch, caplog):
+    engine, monkeypatch, caplog
+):
     backbone = Untraceable(features_size=8).eval()
     example = torch.rand(2, 3, 8, 8)
     if engine == "onnxruntime":  # auto picks OpenVINO: make auto's choice the engine under test
-        monkeypatch.setattr(fe, "resolve_engine", lambda s, d: ("onnxruntime", "test")
-                            if s == "auto" else ("onnxruntime", "asked"))
+        monkeypatch.setattr(
+            fe,
+            "resolve_engine",
+            lambda s, d: ("onnxruntime", "test") if s == "auto" else ("onnxruntime", "asked"),
+        )
     with caplog.at_level(logging.WARNING, logger="utils.feature_extractor"):
         extractor = fe.build_extractor(backbone, "auto", torch.device("cpu"), example)
     assert isinstance(extractor, fe.TorchExtractor)
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
-        f"feature extractor: {engine} cannot run the backbone Untraceable"]
-    with pytest.raises(ConfigError, match=f"feature_extractor={engine} cannot run the backbone "
-                                          "Untraceable.*set feature_extractor=torch"):
+        f"feature extractor: {engine} cannot run the backbone Untraceable"
+    ]
+    with pytest.raises(
+        ConfigError,
+        match=f"feature_extractor={engine} cannot run the backbone "
+        "Untraceable.*set feature_extractor=torch",
+    ):
         fe.build_extractor(backbone, engine, torch.device("cpu"), example)
 
 
@@ -242,22 +279,43 @@ def test_a_backbone_the_engine_cannot_run_falls_back_in_auto_and_is_an_error_whe
 def test_features_that_differ_from_torch_are_refused(monkeypatch, caplog):
     """A converted model off by more than 1e-4 (e.g. a silent bf16) is never used."""
     original = fe.OpenVINOExtractor._run
-    monkeypatch.setattr(fe.OpenVINOExtractor, "_run",
-                        lambda self, runner, images: original(self, runner, images) + 2e-4)
+    monkeypatch.setattr(
+        fe.OpenVINOExtractor,
+        "_run",
+        lambda self, runner, images: original(self, runner, images) + 2e-4,
+    )
     with caplog.at_level(logging.WARNING, logger="utils.feature_extractor"):
-        extractor = fe.build_extractor(Tiny(features_size=8), "auto", torch.device("cpu"),
-                                       torch.rand(2, 3, 8, 8))
+        extractor = fe.build_extractor(
+            Tiny(features_size=8), "auto", torch.device("cpu"), torch.rand(2, 3, 8, 8)
+        )
     assert isinstance(extractor, fe.TorchExtractor)
-    assert "EngineMismatch: openvino gives features (2, 8) that differ from eager torch's" in caplog.text
-    monkeypatch.setattr(fe.OpenVINOExtractor, "_run",
-                        lambda self, runner, images: original(self, runner, images) + 5e-5)
-    assert fe.build_extractor(Tiny(features_size=8), "auto", torch.device("cpu"),
-                              torch.rand(2, 3, 8, 8)).name == "openvino"
+    assert (
+        "EngineMismatch: openvino gives features (2, 8) that differ from eager torch's"
+        in caplog.text
+    )
+    monkeypatch.setattr(
+        fe.OpenVINOExtractor,
+        "_run",
+        lambda self, runner, images: original(self, runner, images) + 5e-5,
+    )
+    assert (
+        fe.build_extractor(
+            Tiny(features_size=8), "auto", torch.device("cpu"), torch.rand(2, 3, 8, 8)
+        ).name
+        == "openvino"
+    )
 
 
 # ---------------------------------------------------------------- the feature-cache key
-BASE = ["backbone=tiny", "dataset=digits", "model=sdc", "model.nbit=16", "epochs=1",
-        "batch_size=64", "feature_cache=on"]
+BASE = [
+    "backbone=tiny",
+    "dataset=digits",
+    "model=sdc",
+    "model.nbit=16",
+    "epochs=1",
+    "batch_size=64",
+    "feature_cache=on",
+]
 
 
 @pytest.fixture
@@ -309,7 +367,7 @@ def test_a_torch_cache_is_never_read_by_an_openvino_run_nor_the_reverse(tmp_path
         for kind, array in getattr(torch_trainer.data, split).features.items():
             np.testing.assert_allclose(ov_features[kind], array, rtol=0, atol=1e-4)
     calls["images"] = 0
-    build(tmp_path, "feature_extractor=torch")   # each reads its own again: nothing extracted
+    build(tmp_path, "feature_extractor=torch")  # each reads its own again: nothing extracted
     build(tmp_path, "feature_extractor=openvino")  # (and a complete cache converts nothing)
     assert calls["images"] == 0 and len(entries(tmp_path)) == 6
 
@@ -346,19 +404,34 @@ def test_feature_cache_returns_data_and_leaves_the_model_alone(tmp_path):
     model = builders.build_model(cfg)
     backbone = model.backbone
     data = builders.build_data(cfg)
-    cached = fc.apply_feature_cache(cfg, model, data, builders.build_train_transform(cfg),
-                                    builders.build_eval_transform(cfg), torch.device("cpu"))
+    cached = fc.apply_feature_cache(
+        cfg,
+        model,
+        data,
+        builders.build_train_transform(cfg),
+        builders.build_eval_transform(cfg),
+        torch.device("cpu"),
+    )
     assert model.backbone is backbone  # untouched
     assert cached.features_size == 32 and cached.engine == "torch"
     assert isinstance(cached.data.query, fc.CachedSplit)
-    np.testing.assert_allclose(cached.data.query.features["eval"][:3],
-                               eager(backbone, torch.stack([builders.build_eval_transform(cfg)(
-                                   data.query.load(i)) for i in range(3)])), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        cached.data.query.features["eval"][:3],
+        eager(
+            backbone,
+            torch.stack([builders.build_eval_transform(cfg)(data.query.load(i)) for i in range(3)]),
+        ),
+        rtol=1e-6,
+        atol=1e-7,
+    )
     off = compose_run([*BASE[:-1], "feature_cache=off"], tmp_path, "off")
     assert fc.apply_feature_cache(off, model, data, None, None, torch.device("cpu")) is None
 
 
 def test_datasets_do_not_import_models():
-    offenders = [str(p.relative_to(REPO)) for p in (REPO / "datasets").glob("*.py")
-                 if "from models" in p.read_text() or "import models" in p.read_text()]
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in (REPO / "datasets").glob("*.py")
+        if "from models" in p.read_text() or "import models" in p.read_text()
+    ]
     assert offenders == []

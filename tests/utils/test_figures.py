@@ -18,8 +18,14 @@ from utils import diagnostics as dg
 from utils import plots
 
 QUICK = ["epochs=2", "eval_interval=1", "model.nbit=16", "num_workers=0"]
-RUN_FILES = {"pr_curve_best.png", "precision_at_k_best.png", "distance_histogram_best.png",
-             "training_curves.png", "retrieval_grid_best.png", "figure_data_best.json"}
+RUN_FILES = {
+    "pr_curve_best.png",
+    "precision_at_k_best.png",
+    "distance_histogram_best.png",
+    "training_curves.png",
+    "retrieval_grid_best.png",
+    "figure_data_best.json",
+}
 
 
 def _load_script(name):
@@ -58,10 +64,16 @@ def test_each_drawing_is_a_png_of_the_expected_size(tmp_path):
         (plots.distance_histograms([hist], "t"), (plots.COLUMN, 2.4)),
         (plots.distance_histograms([hist] * 5, "t"), (plots.PAGE, 1.75 * 2 + 0.35)),
         (plots.training_curves([("a", curves)], "t"), (plots.COLUMN * 2, 2.4)),
-        (plots.retrieval_grid(grid, [img], [[img, img[..., 0]]], ["q"], "t"),
-         (plots.PAGE, plots.PAGE / 3.6 + 0.45)),
-        (plots.map_vs_bits({"A": {"nbit": [16, 32], "mean": [0.3, 0.4], "std": [0.01, 0]}},
-                           "t", "mAP@1000"), (plots.COLUMN, 2.6)),
+        (
+            plots.retrieval_grid(grid, [img], [[img, img[..., 0]]], ["q"], "t"),
+            (plots.PAGE, plots.PAGE / 3.6 + 0.45),
+        ),
+        (
+            plots.map_vs_bits(
+                {"A": {"nbit": [16, 32], "mean": [0.3, 0.4], "std": [0.01, 0]}}, "t", "mAP@1000"
+            ),
+            (plots.COLUMN, 2.6),
+        ),
     ]
     for i, (fig, size) in enumerate(cases):
         path = plots.save(fig, tmp_path / f"{i}.png")
@@ -99,17 +111,24 @@ def test_val_plots_writes_every_figure_with_the_engine_numbers(digits_run):
     result = validate(val_config(digits_run, "plots=true", "save_codes=true"))
     out = digits_run / "plots"
     assert {p.name for p in out.iterdir()} == RUN_FILES
-    sizes = {"pr_curve_best.png": (plots.COLUMN, 2.6),
-             "precision_at_k_best.png": (plots.COLUMN, 2.6),
-             "distance_histogram_best.png": (plots.COLUMN, 2.4),
-             "training_curves.png": (plots.COLUMN * 2, 2.4),
-             "retrieval_grid_best.png": (plots.PAGE, plots.PAGE / 11.6 * 10 + 0.45)}
+    sizes = {
+        "pr_curve_best.png": (plots.COLUMN, 2.6),
+        "precision_at_k_best.png": (plots.COLUMN, 2.6),
+        "distance_histogram_best.png": (plots.COLUMN, 2.4),
+        "training_curves.png": (plots.COLUMN * 2, 2.4),
+        "retrieval_grid_best.png": (plots.PAGE, plots.PAGE / 11.6 * 10 + 0.45),
+    }
     for name, size in sizes.items():
         assert_png(out / name, size)
     data = json.loads((out / "figure_data_best.json").read_text())
-    assert data["meta"] == {"dataset": "digits", "method": "sdc", "nbit": 16,
-                            "checkpoint": "best", "epoch": result["epoch"],
-                            "logdir": str(digits_run.resolve())}
+    assert data["meta"] == {
+        "dataset": "digits",
+        "method": "sdc",
+        "nbit": 16,
+        "checkpoint": "best",
+        "epoch": result["epoch"],
+        "logdir": str(digits_run.resolve()),
+    }
     # PR points: the engine's curve of the same evaluation (eval_best.json)
     assert data["pr_curve"] == json.loads((digits_run / "eval_best.json").read_text())["pr_curve"]
     with np.load(digits_run / "codes" / "best.npz") as codes:
@@ -119,8 +138,9 @@ def test_val_plots_writes_every_figure_with_the_engine_numbers(digits_run):
     assert data["distance_histogram"]["same"] == same.tolist()
     assert data["distance_histogram"]["diff"] == diff.tolist()
     assert sum(same) + sum(diff) == len(q) * len(g)
-    assert data["precision_at_k"]["precision"][data["precision_at_k"]["k"].index(10)] == \
-        result["P@10"]
+    assert (
+        data["precision_at_k"]["precision"][data["precision_at_k"]["k"].index(10)] == result["P@10"]
+    )
     # the grid: one query per class (digits: 10 classes), top-10 by (distance, index)
     rows = data["retrieval_grid"]
     assert sorted(ql[[r["query"] for r in rows]].tolist()) == list(range(10))
@@ -142,14 +162,27 @@ def test_feature_dataset_skips_the_grid_with_a_note(tmp_path, capsys):
         arrays[f"{split}_labels"] = rng.integers(0, 3, n)
         arrays[f"{split}_features"] = rng.normal(size=(n, 8)) + arrays[f"{split}_labels"][:, None]
     np.savez(tmp_path / "f.npz", **arrays)
-    train(compose_run(["model=lsh", "dataset=features", f"dataset.source.path={tmp_path}/f.npz",
-                       "dataset.features_size=8", "dataset.nclass=3", "dataset.R=20",
-                       "model.nbit=8", "num_workers=0"], tmp_path))
+    train(
+        compose_run(
+            [
+                "model=lsh",
+                "dataset=features",
+                f"dataset.source.path={tmp_path}/f.npz",
+                "dataset.features_size=8",
+                "dataset.nclass=3",
+                "dataset.R=20",
+                "model.nbit=8",
+                "num_workers=0",
+            ],
+            tmp_path,
+        )
+    )
     result = validate(val_config(tmp_path / "run", "plots=true"))
     names = {p.name for p in (tmp_path / "run" / "plots").iterdir()}
     assert names == RUN_FILES - {"retrieval_grid_best.png"}
     assert result["figures"]["notes"] == [
-        "retrieval grid skipped: the dataset holds precomputed features, no images"]
+        "retrieval grid skipped: the dataset holds precomputed features, no images"
+    ]
     assert "retrieval grid skipped" in capsys.readouterr().out
 
 
@@ -162,11 +195,16 @@ def test_plot_script_compares_runs(digits_run, tmp_path):
     from utils.compose.experiment import train
 
     train(compose_run([*QUICK, "model=ugh"], tmp_path, "ugh"))
-    files = _load_script("plot").main([str(digits_run), str(tmp_path / "ugh"),
-                                       "--out", str(tmp_path / "cmp")])
+    files = _load_script("plot").main(
+        [str(digits_run), str(tmp_path / "ugh"), "--out", str(tmp_path / "cmp")]
+    )
     compare = {p.name for p in (tmp_path / "cmp").iterdir()}
-    assert compare == {"compare_distance_histogram.png", "compare_pr_curve.png",
-                       "compare_precision_at_k.png", "compare_training_curves.png"}
+    assert compare == {
+        "compare_distance_histogram.png",
+        "compare_pr_curve.png",
+        "compare_precision_at_k.png",
+        "compare_training_curves.png",
+    }
     assert {p.name for p in (tmp_path / "ugh" / "plots").iterdir()} == RUN_FILES
     assert_png(tmp_path / "cmp" / "compare_distance_histogram.png", (plots.PAGE, 2.1))
     assert_png(tmp_path / "cmp" / "compare_pr_curve.png", (plots.COLUMN, 2.6))
@@ -185,10 +223,18 @@ def test_summarize_plot_draws_map_against_bits(tmp_path):
 
     for nbit in (8, 16):
         for seed in (1, 2):
-            train(compose_run(["model=lsh", f"model.nbit={nbit}", f"seed={seed}",
-                               "num_workers=0"], tmp_path / "sweep", f"{nbit}_{seed}"))
-    rows = [_load_script("summarize").load_run(tmp_path / "sweep" / f"{n}_{s}", "last")
-            for n in (8, 16) for s in (1, 2)]
+            train(
+                compose_run(
+                    ["model=lsh", f"model.nbit={nbit}", f"seed={seed}", "num_workers=0"],
+                    tmp_path / "sweep",
+                    f"{nbit}_{seed}",
+                )
+            )
+    rows = [
+        _load_script("summarize").load_run(tmp_path / "sweep" / f"{n}_{s}", "last")
+        for n in (8, 16)
+        for s in (1, 2)
+    ]
     _load_script("summarize").main([str(tmp_path / "sweep"), "--plot"])
     assert_png(tmp_path / "sweep" / "plots" / "map_vs_bits.png", (plots.COLUMN, 2.6))
     data = dg.map_by_bits(rows)["lsh"]
@@ -218,17 +264,28 @@ def test_engine_logs_diagnostics_that_match_the_validation_codes(digits_run):
 
     acc = _events(digits_run)
     scalars = {t for t in acc.Tags()["scalars"] if t.startswith("diag/")}
-    assert {"diag/hamming_overlap", "diag/bit_balance_mean_abs_dev", "diag/quantisation_gap",
-            "diag/bit_correlation_mean_abs", "diag/distinct_code_share",
-            "diag/calibration_gap"} <= scalars
-    assert {"diag/hamming_same_class", "diag/hamming_diff_class", "diag/bit_balance",
-            "diag/calibration_code_similarity", "diag/calibration_target"} <= \
-        set(acc.Tags()["histograms"])
+    assert {
+        "diag/hamming_overlap",
+        "diag/bit_balance_mean_abs_dev",
+        "diag/quantisation_gap",
+        "diag/bit_correlation_mean_abs",
+        "diag/distinct_code_share",
+        "diag/calibration_gap",
+    } <= scalars
+    assert {
+        "diag/hamming_same_class",
+        "diag/hamming_diff_class",
+        "diag/bit_balance",
+        "diag/calibration_code_similarity",
+        "diag/calibration_target",
+    } <= set(acc.Tags()["histograms"])
     assert [e.step for e in acc.Scalars("diag/hamming_overlap")] == [1, 2]
     # recompute the last evaluation's numbers from last.pt (epoch 2)
     cfg = load_run_config(digits_run)
     trainer = build_trainer(cfg, digits_run)
-    load_model_state(trainer.model, load_checkpoint(digits_run / "checkpoints" / "last.pt")["model"])
+    load_model_state(
+        trainer.model, load_checkpoint(digits_run / "checkpoints" / "last.pt")["model"]
+    )
     vq, vdb = trainer.validation
     q, g = trainer.encode(vq), trainer.encode(vdb)
     same, diff = dg.pair_distance_histograms(q, g, vq.labels, vdb.labels)
@@ -240,8 +297,9 @@ def test_engine_logs_diagnostics_that_match_the_validation_codes(digits_run):
     assert gap == pytest.approx(dg.quantisation_gap(torch.cat([q, g])), abs=1e-6)
 
 
-@pytest.mark.parametrize("overrides, expect_diag", [(["model=lsh"], True),
-                                                    (["model=ugh", "diagnostics=false"], False)])
+@pytest.mark.parametrize(
+    "overrides, expect_diag", [(["model=lsh"], True), (["model=ugh", "diagnostics=false"], False)]
+)
 def test_diagnostics_for_closed_form_and_switched_off(tmp_path, overrides, expect_diag):
     from utils.compose.experiment import train
 
@@ -258,8 +316,10 @@ def test_plot_script_cli_exits_with_one_sentence(tmp_path):
 
     result = run_cli("scripts/plot.py", [str(tmp_path)], tmp_path, check=False)
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"error: {tmp_path} is not a run directory (no config.yaml):"
-                                     " pass the folders main_v2.py printed")
+    assert result.stderr.strip() == (
+        f"error: {tmp_path} is not a run directory (no config.yaml):"
+        " pass the folders main_v2.py printed"
+    )
 
 
 def test_sdc_calibration_view_from_the_feature_cache_equals_the_live_backbone(tmp_path):
@@ -274,8 +334,9 @@ def test_sdc_calibration_view_from_the_feature_cache_equals_the_live_backbone(tm
     logged = _events(tmp_path / "run").Scalars("diag/calibration_gap")[-1].value
     live_cfg = compose_run([*base, "feature_cache=off"], tmp_path, "live")
     live = build_trainer(live_cfg, tmp_path / "live")
-    load_model_state(live.model, load_checkpoint(tmp_path / "run" / "checkpoints" /
-                                                 "last.pt")["model"])
+    load_model_state(
+        live.model, load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    )
     sims, targets = dg.calibration_pairs(live, live.validation[0])
     assert len(sims) == 2 * 32  # 160 validation queries: two batches of 64, 32 pairs each
     assert logged == pytest.approx(float((sims - targets).abs().mean()), abs=1e-4)

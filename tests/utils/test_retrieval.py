@@ -358,8 +358,9 @@ def problems(draw, max_q=10, max_db=40, bits=(1, 2, 3, 7, 8, 24, 65)):
         p = draw(st.sampled_from([0.1, 0.3, 0.6]))
         ql = (rng.random((n_q, n_lab)) < p).astype(np.int64)
         dl = (rng.random((n_db, n_lab)) < p).astype(np.int64)
-    Rs = draw(st.lists(st.sampled_from([-1, 1, 2, 3, 5, 10, 17, 50]), min_size=1, max_size=3,
-                       unique=True))
+    Rs = draw(
+        st.lists(st.sampled_from([-1, 1, 2, 3, 5, 10, 17, 50]), min_size=1, max_size=3, unique=True)
+    )
     ks = draw(st.lists(st.integers(1, 60), min_size=0, max_size=4, unique=True))
     radii = draw(st.lists(st.integers(0, 70), min_size=1, max_size=3, unique=True))
     return q.astype(np.float32), d.astype(np.float32), ql, dl, Rs, ks, radii
@@ -393,9 +394,18 @@ def _patched(cfg):
 def test_report_matches_oracle(backend, prob, cfg, zero_relevant):
     q, d, ql, dl, Rs, ks, radii = prob
     with _patched(cfg):
-        rep = retrieval_report(q, d, ql, dl, R=Rs, ks=ks, radius=radii,
-                               zero_relevant=zero_relevant, chunk_size=cfg["chunk"],
-                               backend=backend)
+        rep = retrieval_report(
+            q,
+            d,
+            ql,
+            dl,
+            R=Rs,
+            ks=ks,
+            radius=radii,
+            zero_relevant=zero_relevant,
+            chunk_size=cfg["chunk"],
+            backend=backend,
+        )
     exp = oracle(q, d, ql, dl, Rs=Rs, ks=ks, radii=radii, zero_relevant=zero_relevant)
     for R in Rs:
         name = "all" if R == -1 else str(R)
@@ -421,8 +431,9 @@ def test_map_matches_oracle(backend, prob, cfg, zero_relevant):
     q, d, ql, dl, Rs, _, _ = prob
     R = Rs[0]
     with _patched(cfg):
-        got = mean_average_precision(q, d, ql, dl, R=R, zero_relevant=zero_relevant,
-                                     chunk_size=cfg["chunk"], backend=backend)
+        got = mean_average_precision(
+            q, d, ql, dl, R=R, zero_relevant=zero_relevant, chunk_size=cfg["chunk"], backend=backend
+        )
     exp = oracle(q, d, ql, dl, Rs=[R], zero_relevant=zero_relevant)[("mAP", R)]
     assert got == pytest.approx(exp, abs=1e-9)
 
@@ -434,8 +445,9 @@ def test_medium_case_matches_oracle(multilabel, small_chunks, backend):
     # 12 bits, 2,500 items: big tie groups; one or several chunks of queries.
     q, d, ql, dl = _medium(seed=21, n_q=37, n_db=2500, nbit=12, multilabel=multilabel)
     kw = dict(R=[1, 300, 2500, -1], ks=(1, 10, 299, 3000), radius=[0, 3, 12])
-    rep = retrieval_report(q, d, ql, dl, chunk_size=7 if small_chunks else None,
-                           backend=backend, **kw)
+    rep = retrieval_report(
+        q, d, ql, dl, chunk_size=7 if small_chunks else None, backend=backend, **kw
+    )
     exp = oracle(q, d, ql, dl, Rs=kw["R"], ks=kw["ks"], radii=kw["radius"])
     for R in kw["R"]:
         name = "all" if R == -1 else str(R)
@@ -455,20 +467,40 @@ def test_medium_case_matches_oracle(multilabel, small_chunks, backend):
 
 
 @settings(max_examples=80, deadline=None)
-@given(problems(max_q=3, max_db=7, bits=(1, 2, 3)), engine_settings(),
-       st.sampled_from(["count", "skip"]))
+@given(
+    problems(max_q=3, max_db=7, bits=(1, 2, 3)),
+    engine_settings(),
+    st.sampled_from(["count", "skip"]),
+)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tie_aware_matches_exhaustive_enumeration(backend, prob, cfg, zero_relevant):
     q, d, ql, dl, Rs, _, _ = prob
     with _patched(cfg):
         for R in Rs[:2]:
-            got = mean_average_precision(q, d, ql, dl, R=R, ties="average",
-                                         zero_relevant=zero_relevant, chunk_size=cfg["chunk"],
-                                         backend=backend)
+            got = mean_average_precision(
+                q,
+                d,
+                ql,
+                dl,
+                R=R,
+                ties="average",
+                zero_relevant=zero_relevant,
+                chunk_size=cfg["chunk"],
+                backend=backend,
+            )
             exp = tie_oracle(q, d, ql, dl, R, zero_relevant=zero_relevant)
             assert got == pytest.approx(exp, abs=1e-10)
-        rep = retrieval_report(q, d, ql, dl, R=Rs, ks=(), zero_relevant=zero_relevant,
-                               chunk_size=cfg["chunk"], backend=backend)
+        rep = retrieval_report(
+            q,
+            d,
+            ql,
+            dl,
+            R=Rs,
+            ks=(),
+            zero_relevant=zero_relevant,
+            chunk_size=cfg["chunk"],
+            backend=backend,
+        )
     for R in Rs:
         exp = tie_oracle(q, d, ql, dl, R, zero_relevant=zero_relevant)
         assert rep[f"mAP_tie@{'all' if R == -1 else R}"] == pytest.approx(exp, abs=1e-10)
@@ -493,8 +525,9 @@ def test_tie_aware_equals_mean_over_random_db_permutations():
     assert abs(samples.mean() - exact) < 4.5 * se
     # The tie-aware value does not depend on the database order at all.
     perm = rng.permutation(300)
-    assert mean_average_precision(q, d[perm], ql, dl[perm], R=R, ties="average") == \
-        pytest.approx(exact, abs=1e-12)
+    assert mean_average_precision(q, d[perm], ql, dl[perm], R=R, ties="average") == pytest.approx(
+        exact, abs=1e-12
+    )
 
 
 def test_tie_aware_equals_index_when_no_ties():
@@ -550,8 +583,9 @@ def test_invariances(multilabel, backend):
     rep = retrieval_report(qb, db, ql, dl, **kw)
     assert rep == base
     # torch input (CPU) vs NumPy input.
-    rep = retrieval_report(torch.from_numpy(q), torch.from_numpy(d), torch.from_numpy(ql),
-                           torch.from_numpy(dl), **kw)
+    rep = retrieval_report(
+        torch.from_numpy(q), torch.from_numpy(d), torch.from_numpy(ql), torch.from_numpy(dl), **kw
+    )
     assert rep == base
 
 
@@ -565,7 +599,8 @@ def test_exact_zeros_map_to_plus_one():
     d_pm = np.where(d >= 0, 1.0, -1.0)
     for R in (5, -1):
         assert mean_average_precision(q, d, ql, dl, R=R) == mean_average_precision(
-            q_pm, d_pm, ql, dl, R=R)
+            q_pm, d_pm, ql, dl, R=R
+        )
 
 
 def test_bool_codes_are_bits():
@@ -590,11 +625,33 @@ def test_one_hot_2d_labels_equal_class_ids():
 def test_report_keys_and_json():
     q, d, ql, dl = _medium(seed=4)
     rep = retrieval_report(q, d, ql, dl, R=[1000, -1, 10], ks=(1, 5, 1000), radius=2)
-    expected = {"mAP@1000", "mAP@all", "mAP@10", "mAP_tie@1000", "mAP_tie@all", "mAP_tie@10",
-                "tie_group_size@1000", "tie_group_size@all", "tie_group_size@10",
-                "P@1", "P@5", "P@1000", "Recall@1", "Recall@5", "Recall@1000",
-                "HitRate@1", "HitRate@5", "HitRate@1000", "P_radius@2", "R_radius@2",
-                "distinct_distances", "num_queries", "num_db", "nbit", "pr_curve"}
+    expected = {
+        "mAP@1000",
+        "mAP@all",
+        "mAP@10",
+        "mAP_tie@1000",
+        "mAP_tie@all",
+        "mAP_tie@10",
+        "tie_group_size@1000",
+        "tie_group_size@all",
+        "tie_group_size@10",
+        "P@1",
+        "P@5",
+        "P@1000",
+        "Recall@1",
+        "Recall@5",
+        "Recall@1000",
+        "HitRate@1",
+        "HitRate@5",
+        "HitRate@1000",
+        "P_radius@2",
+        "R_radius@2",
+        "distinct_distances",
+        "num_queries",
+        "num_db",
+        "nbit",
+        "pr_curve",
+    }
     assert set(rep) == expected
     for k, v in rep.items():
         if k != "pr_curve":
@@ -606,9 +663,11 @@ def test_report_keys_and_json():
     rep = retrieval_report(q, d, ql, dl, R="all", pr_curve=False)
     assert "pr_curve" not in rep and "mAP@all" in rep
     assert mean_average_precision(q, d, ql, dl, R=5) == pytest.approx(
-        retrieval_report(q, d, ql, dl, R=5)["mAP@5"], abs=1e-15)
+        retrieval_report(q, d, ql, dl, R=5)["mAP@5"], abs=1e-15
+    )
     assert mean_average_precision(q, d, ql, dl, R=5, ties="average") == pytest.approx(
-        retrieval_report(q, d, ql, dl, R=5)["mAP_tie@5"], abs=1e-15)
+        retrieval_report(q, d, ql, dl, R=5)["mAP_tie@5"], abs=1e-15
+    )
 
 
 @pytest.mark.parametrize("nbit", [1, 7, 8, 24, 65])
@@ -641,12 +700,14 @@ def test_many_classes_and_the_int32_key_limit(backend):
     bins = 2 * len(np.unique(np.concatenate([ql, dl]))) * 66  # 2 sub-bins per class
     for limit in (None, 5 * bins):
         with contextlib.ExitStack() as stack:
-            spy = stack.enter_context(mock.patch.object(
-                torch_engine, "_chunk_keys", wraps=torch_engine._chunk_keys))
+            spy = stack.enter_context(
+                mock.patch.object(torch_engine, "_chunk_keys", wraps=torch_engine._chunk_keys)
+            )
             if limit:
                 stack.enter_context(mock.patch.object(torch_engine, "_INT32_LIMIT", limit))
-            rep = retrieval_report(q, d, ql, dl, R=[3, -1], ks=(2,), radius=1,
-                                   chunk_size=10_000, backend=backend)
+            rep = retrieval_report(
+                q, d, ql, dl, R=[3, -1], ks=(2,), radius=1, chunk_size=10_000, backend=backend
+            )
         chunks = [c.args[2] - c.args[1] for c in spy.call_args_list]  # (prep, start, stop)
         if backend == "torch":
             assert sum(chunks) == 450
@@ -691,8 +752,9 @@ def test_numba_equals_torch(nbit, n_lab):
     assert a == b
     for R in (1, 100, -1):
         for ties in ("index", "average"):
-            assert mean_average_precision(q, d, ql, dl, R=R, ties=ties, backend="numba") == \
-                mean_average_precision(q, d, ql, dl, R=R, ties=ties, backend="torch")
+            assert mean_average_precision(
+                q, d, ql, dl, R=R, ties=ties, backend="numba"
+            ) == mean_average_precision(q, d, ql, dl, R=R, ties=ties, backend="torch")
 
 
 @pytest.mark.parametrize("kind", ["float", "bool", "int8", "torch_uint8", "bool_codes"])
@@ -709,8 +771,9 @@ def test_numba_label_and_code_dtypes(kind):
     else:
         q, d = q >= 0, d >= 0
     kw = dict(R=[5, -1], ks=(1, 7), radius=[1])
-    assert retrieval_report(q, d, ql, dl, backend="numba", **kw) == \
-        retrieval_report(q, d, ql, dl, backend="torch", **kw)
+    assert retrieval_report(q, d, ql, dl, backend="numba", **kw) == retrieval_report(
+        q, d, ql, dl, backend="torch", **kw
+    )
 
 
 def test_backend_auto_choice():
@@ -797,15 +860,20 @@ def test_cuda_matches_cpu(multilabel):
     cpu = retrieval_report(q, d, ql, dl, **kw)
     dev = torch.device("cuda")
     with mock.patch.object(numba_engine, "run", side_effect=AssertionError):  # auto = torch
-        gpu = retrieval_report(torch.from_numpy(q).to(dev), torch.from_numpy(d).to(dev),
-                               torch.from_numpy(ql).to(dev), torch.from_numpy(dl).to(dev), **kw)
+        gpu = retrieval_report(
+            torch.from_numpy(q).to(dev),
+            torch.from_numpy(d).to(dev),
+            torch.from_numpy(ql).to(dev),
+            torch.from_numpy(dl).to(dev),
+            **kw,
+        )
     for k, v in _scalars(cpu).items():
         assert gpu[k] == pytest.approx(v, abs=1e-9), k
-    np.testing.assert_allclose(gpu["pr_curve"]["precision"], cpu["pr_curve"]["precision"],
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        gpu["pr_curve"]["precision"], cpu["pr_curve"]["precision"], atol=1e-12
+    )
     # Database on the CPU, queries on the GPU: everything moves to the queries' device.
-    mixed = mean_average_precision(torch.from_numpy(q).to(dev), d, ql, dl, R=100,
-                                   ties="average")
+    mixed = mean_average_precision(torch.from_numpy(q).to(dev), d, ql, dl, R=100, ties="average")
     assert mixed == pytest.approx(cpu["mAP_tie@100"], abs=1e-9)
 
 
@@ -826,13 +894,20 @@ def test_numba_kernels_leave_torch_threads_alone(layer):
         "q, d = torch.randn(50, 32, generator=g), torch.randn(3000, 32, generator=g)\n"
         "retrieval_report(q, d, torch.arange(50) % 5, torch.arange(3000) % 5, R=100,\n"
         "                 backend='numba')\n"
-        "print(torch.get_num_threads(), numba.threading_layer())\n")
+        "print(torch.get_num_threads(), numba.threading_layer())\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     env["OMP_NUM_THREADS"] = "1"
     if layer != "default":
         env["NUMBA_THREADING_LAYER"] = layer
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=300, cwd=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(REPO),
+    )
     assert result.returncode == 0, result.stderr
     threads, used = result.stdout.split()
     assert threads == "1", used

@@ -26,9 +26,12 @@ def test_hand_computed_packed_map_and_the_trap():
         assert got == pytest.approx((1 + 2 / 3) / 2, abs=1e-12)
     # read as real-valued codes every bit is +1 (all ties, index order: AP = (1 + 2/4) / 2 =
     # 0.75): refused with one sentence instead
-    with pytest.raises(ValueError, match="uint8 array, which is read as real-valued codes where "
-                                         "every bit becomes \\+1: pass bit-packed codes with "
-                                         "packed=True, nbit=K"):
+    with pytest.raises(
+        ValueError,
+        match="uint8 array, which is read as real-valued codes where "
+        "every bit becomes \\+1: pass bit-packed codes with "
+        "packed=True, nbit=K",
+    ):
         mean_average_precision(q, db, ql, dl, R=-1)
 
 
@@ -41,9 +44,9 @@ def test_packed_input_equals_real_valued_input(nbit, backend):
     ql, dl = torch.randint(0, 5, (30,), generator=g), torch.randint(0, 5, (500,), generator=g)
     qp, dp = pack_codes(qc).numpy(), np.packbits((dc >= 0).numpy(), axis=1)
     for R in (-1, 50):
-        assert (mean_average_precision(qp, dp, ql, dl, R=R, packed=True, nbit=nbit,
-                                       backend=backend)
-                == mean_average_precision(qc, dc, ql, dl, R=R, backend=backend))
+        assert mean_average_precision(
+            qp, dp, ql, dl, R=R, packed=True, nbit=nbit, backend=backend
+        ) == mean_average_precision(qc, dc, ql, dl, R=R, backend=backend)
     a = retrieval_report(qp, dp, ql, dl, R=[50, -1], packed=True, nbit=nbit, backend=backend)
     b = retrieval_report(qc, dc, ql, dl, R=[50, -1], backend=backend)
     assert a == b
@@ -56,8 +59,9 @@ def test_unsigned_codes_without_packed_are_refused(dtype):
     with pytest.raises(ValueError, match="packed=True, nbit=K"):
         retrieval_report(codes, codes, labels, labels)
     with pytest.raises(ValueError, match="packed=True, nbit=K"):
-        mean_average_precision(torch.from_numpy(codes.astype(np.uint8)), codes.astype(np.int8),
-                               labels, labels)
+        mean_average_precision(
+            torch.from_numpy(codes.astype(np.uint8)), codes.astype(np.int8), labels, labels
+        )
 
 
 def test_packed_argument_errors():

@@ -47,8 +47,11 @@ def build_data(cfg: DictConfig):
             keep = np.random.RandomState(i).choice(len(split), size, replace=False)
             split = split.subset(np.sort(keep))
         parts[name] = split
-    log.info("subset=%d: train %d, query %d, database %d items (a quick try, not a result)",
-             size, *(len(parts[k]) for k in ("train", "query", "database")))
+    log.info(
+        "subset=%d: train %d, query %d, database %d items (a quick try, not a result)",
+        size,
+        *(len(parts[k]) for k in ("train", "query", "database")),
+    )
     return type(data)(**parts)
 
 
@@ -68,9 +71,11 @@ def build_model(cfg: DictConfig, backbone: nn.Module | None = None) -> HashModel
     with settings_of("model.head"):
         head = instantiate(cfg.model.head, in_features=backbone.features_size, nbit=nbit)
     if head.input_kind == "tokens" and not getattr(backbone, "has_tokens", False):
-        raise ConfigError(f"model={cfg.model.name} reads patch tokens but the backbone "
-                          f"{cfg.backbone._target_} has none: use backbone=vit_b16 "
-                          "(or backbone=tiny in tests)")
+        raise ConfigError(
+            f"model={cfg.model.name} reads patch tokens but the backbone "
+            f"{cfg.backbone._target_} has none: use backbone=vit_b16 "
+            "(or backbone=tiny in tests)"
+        )
     return HashModel(backbone, head, frozen_backbone=float(cfg.backbone_lr_scale) == 0)
 
 
@@ -95,8 +100,13 @@ def build_optimizer(cfg: DictConfig, model: HashModel) -> torch.optim.Optimizer:
     groups = [{"params": [p for p in model.head.parameters() if p.requires_grad], "name": "head"}]
     scale = float(cfg.backbone_lr_scale)
     if scale > 0:
-        groups.append({"params": [p for p in model.backbone.parameters() if p.requires_grad],
-                       "lr": float(cfg.optim.lr) * scale, "name": "backbone"})
+        groups.append(
+            {
+                "params": [p for p in model.backbone.parameters() if p.requires_grad],
+                "lr": float(cfg.optim.lr) * scale,
+                "name": "backbone",
+            }
+        )
     if not groups[0]["params"]:
         raise ConfigError(f"model={cfg.model.name} has no trainable parameters")
     return instantiate(cfg.optim, _partial_=True)(groups)  # tensors never pass through OmegaConf

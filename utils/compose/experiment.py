@@ -31,17 +31,33 @@ def build_trainer(cfg: DictConfig, logdir: str | Path):
     model = build.build_model(cfg)
     criterion = build.build_criterion(cfg)
     trainer_cls = build.trainer_class(cfg)
-    train_transform, eval_transform = build.build_train_transform(cfg), build.build_eval_transform(cfg)
+    train_transform, eval_transform = (
+        build.build_train_transform(cfg),
+        build.build_eval_transform(cfg),
+    )
     # Frozen deterministic backbone: train and evaluate the head from cached features
     # (feature_cache=auto|on|off; datasets/feature_cache.py).
     from datasets.feature_cache import apply_feature_cache
 
     threads_setting = cfg.get("threads", "auto")
-    torch.set_num_threads(resources.choose_threads(threads_setting, head_only=False)[0])  # extraction
-    cached = apply_feature_cache(cfg, model, data, train_transform, eval_transform, device,
-                                 closed_form=bool(getattr(trainer_cls, "closed_form", False)))
+    torch.set_num_threads(
+        resources.choose_threads(threads_setting, head_only=False)[0]
+    )  # extraction
+    cached = apply_feature_cache(
+        cfg,
+        model,
+        data,
+        train_transform,
+        eval_transform,
+        device,
+        closed_form=bool(getattr(trainer_cls, "closed_form", False)),
+    )
     if cached is not None:
-        data, train_transform, eval_transform = cached.data, cached.train_transform, cached.eval_transform
+        data, train_transform, eval_transform = (
+            cached.data,
+            cached.train_transform,
+            cached.eval_transform,
+        )
         model = model.use_cached_features(cached.features_size).to(device)
     from models.backbone.simple import Identity
 
@@ -77,9 +93,11 @@ def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictCon
     keys = [k for k in override_keys(overrides) if k not in ("resume", "logdir")]
     refused = [k for k in keys if k not in RESUME_OVERRIDABLE]
     if refused:
-        raise ConfigError(f"resume={run_dir} continues the saved run, so these overrides would "
-                          f"be ignored: {', '.join(refused)}; only {', '.join(RESUME_OVERRIDABLE)} "
-                          "can change on resume (start a new run to change anything else)")
+        raise ConfigError(
+            f"resume={run_dir} continues the saved run, so these overrides would "
+            f"be ignored: {', '.join(refused)}; only {', '.join(RESUME_OVERRIDABLE)} "
+            "can change on resume (start a new run to change anything else)"
+        )
     changed = {}
     with open_dict(saved):
         for key in keys:
@@ -97,8 +115,10 @@ def resume_config(cfg: DictConfig, overrides: list[str] | None) -> tuple[DictCon
     if last.is_file():
         trained = int(load_checkpoint(last).get("epoch", 0))
         if int(saved.epochs) < trained:
-            raise ConfigError(f"epochs={saved.epochs} is below the {trained} epochs that {last} "
-                              f"has already trained: pass epochs >= {trained}")
+            raise ConfigError(
+                f"epochs={saved.epochs} is below the {trained} epochs that {last} "
+                f"has already trained: pass epochs >= {trained}"
+            )
     return saved, changed
 
 
@@ -121,12 +141,21 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         save_config(cfg, logdir / "config.yaml")
     trainer = build_trainer(cfg, logdir)
     sizes = {k: len(getattr(trainer.data, k)) for k in ("train", "query", "database")}
-    log.info("%s on %s (%s): train %d, query %d, database %d, device %s", cfg.model.name,
-             cfg.dataset.name, cfg.backbone._target_, sizes["train"], sizes["query"],
-             sizes["database"], trainer.device)
+    log.info(
+        "%s on %s (%s): train %d, query %d, database %d, device %s",
+        cfg.model.name,
+        cfg.dataset.name,
+        cfg.backbone._target_,
+        sizes["train"],
+        sizes["query"],
+        sizes["database"],
+        trainer.device,
+    )
     if changed and main:
-        log.info("resume with changed settings: %s (the scheduler keeps its saved settings)",
-                 ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
+        log.info(
+            "resume with changed settings: %s (the scheduler keeps its saved settings)",
+            ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()),
+        )
         record = {k: v for k, v in cfg.items() if k != "resume"}
         save_config(OmegaConf.create(record), logdir / "config.yaml")
     if getattr(trainer, "closed_form", False):  # LSH / PCAH / ITQ: fitted, not optimised
@@ -146,13 +175,14 @@ def print_metrics(metrics: dict, logdir: Path) -> None:
     """The few numbers a user reads first; everything else is in metrics.json."""
     key = metrics["main_metric"]
     last = metrics["last"]
-    shown = [key, "mAP_tie@" + key.split("@")[1], "P@10", "HitRate@10", "P_radius@2",
-             "R_radius@2"]
+    shown = [key, "mAP_tie@" + key.split("@")[1], "P@10", "HitRate@10", "P_radius@2", "R_radius@2"]
     lines = ["final: " + ", ".join(f"{k} {last[k]:.4f}" for k in shown if k in last)]
     if metrics.get("best"):
         best = metrics["best"]
-        lines.append(f"best checkpoint (epoch {best['epoch']}, chosen on {best['selected_on']}):"
-                     f" {key} {best[key]:.4f}")
+        lines.append(
+            f"best checkpoint (epoch {best['epoch']}, chosen on {best['selected_on']}):"
+            f" {key} {best[key]:.4f}"
+        )
     lines.append(f"time: {metrics.get('wall_seconds', metrics['train_seconds']):.1f} s")
     lines.append(f"run directory: {logdir}")
     print("\n".join(lines))
@@ -165,8 +195,9 @@ def run_checkpoint(logdir: Path, name: str) -> tuple[Path, dict]:
         raise UserError(f"checkpoint must be best or last, got {name!r}")
     path = Path(logdir) / "checkpoints" / f"{name}.pt"
     if name == "best" and not path.exists() and (path.parent / "last.pt").exists():
-        raise CheckpointError(f"{path} does not exist (no evaluation chose a best model yet): "
-                              "pass checkpoint=last")
+        raise CheckpointError(
+            f"{path} does not exist (no evaluation chose a best model yet): pass checkpoint=last"
+        )
     return path, load_checkpoint(path)
 
 
@@ -184,12 +215,15 @@ def validate(vcfg: DictConfig) -> dict[str, Any]:
             cfg.data_dir = str(vcfg.data_dir)
             # data paths were resolved at training time: move them to the new data_dir
             cfg.dataset.source = OmegaConf.create(
-                _replace_prefix(OmegaConf.to_container(cfg.dataset.source), old, cfg.data_dir))
+                _replace_prefix(OmegaConf.to_container(cfg.dataset.source), old, cfg.data_dir)
+            )
         if vcfg.protocol is not None:
             if "protocol" not in cfg.dataset.source:
-                raise ConfigError(f"protocol={vcfg.protocol}: dataset {cfg.dataset.name} has no "
-                                  "named split protocols (only cifar10 has them); drop "
-                                  "protocol=")
+                raise ConfigError(
+                    f"protocol={vcfg.protocol}: dataset {cfg.dataset.name} has no "
+                    "named split protocols (only cifar10 has them); drop "
+                    "protocol="
+                )
             cfg.dataset.source.protocol = vcfg.protocol
         if vcfg.get("zero_relevant") is not None:
             cfg.zero_relevant = str(vcfg.zero_relevant)
@@ -208,29 +242,50 @@ def validate(vcfg: DictConfig) -> dict[str, Any]:
     load_model_state(trainer.model, state["model"])
     from models.trainers.evaluation import RetrievalSettings, evaluate_retrieval
 
-    evaluation = evaluate_retrieval(trainer.encode, trainer.data.query, trainer.data.database,
-                                    RetrievalSettings.from_config(cfg, pr_curve=bool(vcfg.pr_curve)),
-                                    trainer.device)
+    evaluation = evaluate_retrieval(
+        trainer.encode,
+        trainer.data.query,
+        trainer.data.database,
+        RetrievalSettings.from_config(cfg, pr_curve=bool(vcfg.pr_curve)),
+        trainer.device,
+    )
     report, query, database = evaluation.metrics, evaluation.query_codes, evaluation.database_codes
     result = {"checkpoint": name, "epoch": int(state.get("epoch", -1)), **report}
     write_json(result, logdir / f"eval_{name}.json")
     if vcfg.save_codes:
         codes_dir = logdir / "codes"
         codes_dir.mkdir(exist_ok=True)
-        write_npz(codes_dir / f"{name}.npz", query_codes=query.numpy(),
-                 database_codes=database.numpy(), query_labels=trainer.data.query.labels,
-                 database_labels=trainer.data.database.labels)
+        write_npz(
+            codes_dir / f"{name}.npz",
+            query_codes=query.numpy(),
+            database_codes=database.numpy(),
+            query_labels=trainer.data.query.labels,
+            database_labels=trainer.data.database.labels,
+        )
     if vcfg.get("plots"):  # PNG figures and their numbers in <logdir>/plots/ (utils/figures.py)
         from utils.figures import write_run_plots
 
         raw = build.build_data(cfg)  # the images (the trainer's splits may be cached features)
         result["figures"] = write_run_plots(
-            cfg, query, database, trainer.data.query.labels, trainer.data.database.labels, name,
-            result["epoch"], logdir, grid_images=lambda rows: grid_images(raw, rows, trainer.data),
-            class_names=raw.classes)
-    print(f"{logdir} [{name}, epoch {result['epoch']}]: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in report.items()
-                      if isinstance(v, float) and (k.startswith(("mAP", "P@", "HitRate")))))
+            cfg,
+            query,
+            database,
+            trainer.data.query.labels,
+            trainer.data.database.labels,
+            name,
+            result["epoch"],
+            logdir,
+            grid_images=lambda rows: grid_images(raw, rows, trainer.data),
+            class_names=raw.classes,
+        )
+    print(
+        f"{logdir} [{name}, epoch {result['epoch']}]: "
+        + ", ".join(
+            f"{k} {v:.4f}"
+            for k, v in report.items()
+            if isinstance(v, float) and (k.startswith(("mAP", "P@", "HitRate")))
+        )
+    )
     print(f"written to {logdir / f'eval_{name}.json'}")
     return result
 
@@ -244,8 +299,10 @@ def grid_images(raw, rows: list[dict], evaluated):
 
     if is_feature_split(raw.query) or is_feature_split(raw.database):
         return None, "retrieval grid skipped: the dataset holds precomputed features, no images"
-    if not (np.array_equal(raw.query.labels, np.asarray(evaluated.query.labels))
-            and np.array_equal(raw.database.labels, np.asarray(evaluated.database.labels))):
+    if not (
+        np.array_equal(raw.query.labels, np.asarray(evaluated.query.labels))
+        and np.array_equal(raw.database.labels, np.asarray(evaluated.database.labels))
+    ):
         return None, "retrieval grid skipped: the rebuilt splits differ from the evaluated ones"
     queries = [thumbnail(raw.query.load(r["query"])) for r in rows]
     retrieved = [[thumbnail(raw.database.load(i)) for i in r["retrieved"]] for r in rows]
@@ -261,5 +318,5 @@ def _replace_prefix(node: Any, old: str, new: str) -> Any:
         return [_replace_prefix(v, old, new) for v in node]
     old, new = old.rstrip("/"), new.rstrip("/")
     if isinstance(node, str) and (node == old or node.startswith(old + "/")):
-        return new + node[len(old):]
+        return new + node[len(old) :]
     return node

@@ -119,7 +119,8 @@ def _run_config(logdir: Path, device: str, progress: bool, data_dir=None, batch_
             old = str(cfg.data_dir)
             cfg.data_dir = str(data_dir)
             cfg.dataset.source = OmegaConf.create(
-                _replace_prefix(OmegaConf.to_container(cfg.dataset.source), old, cfg.data_dir))
+                _replace_prefix(OmegaConf.to_container(cfg.dataset.source), old, cfg.data_dir)
+            )
         if batch_size is not None:
             cfg.eval_batch_size = int(batch_size)
     return cfg
@@ -144,9 +145,20 @@ def image_mode(split) -> str | None:
     return item.mode if isinstance(item, Image.Image) else None
 
 
-def export_run(logdir, checkpoint: str = "best", index_type: str = "flat", nlist=None,
-               nprobe=None, M=None, ef_construction=None, ef_search=None, data_dir=None,
-               device: str = "auto", batch_size=None, progress: bool = True) -> Path:
+def export_run(
+    logdir,
+    checkpoint: str = "best",
+    index_type: str = "flat",
+    nlist=None,
+    nprobe=None,
+    M=None,
+    ef_construction=None,
+    ef_search=None,
+    data_dir=None,
+    device: str = "auto",
+    batch_size=None,
+    progress: bool = True,
+) -> Path:
     """Write ``<logdir>/index/`` for the run's database (see :mod:`utils.code_index`).
 
     Returns the index folder. Re-running replaces it whole (atomically).
@@ -163,8 +175,15 @@ def export_run(logdir, checkpoint: str = "best", index_type: str = "flat", nlist
     trainer = build_trainer(cfg, logdir)
     load_model_state(trainer.model, state["model"])
     database = trainer.data.database
-    params = index_params(index_type, len(database), nlist=nlist, nprobe=nprobe, M=M,
-                          ef_construction=ef_construction, ef_search=ef_search)
+    params = index_params(
+        index_type,
+        len(database),
+        nlist=nlist,
+        nprobe=nprobe,
+        M=M,
+        ef_construction=ef_construction,
+        ef_search=ef_search,
+    )
     codes = trainer.encode(database, "encode database")  # (N, nbit) continuous
     nbit = int(codes.shape[1])
     packed = pack(codes)
@@ -172,8 +191,10 @@ def export_run(logdir, checkpoint: str = "best", index_type: str = "flat", nlist
 
     raw = build.build_data(cfg).database if isinstance(database, CachedSplit) else database
     if len(raw) != len(database) or not np.array_equal(raw.labels, database.labels):
-        raise DataError(f"the dataset under {cfg.data_dir} no longer matches the run's cached "
-                        "database split: pass data_dir=<the run's data folder>")
+        raise DataError(
+            f"the dataset under {cfg.data_dir} no longer matches the run's cached "
+            "database split: pass data_dir=<the run's data folder>"
+        )
     ids, id_kind = item_ids(raw)
     index = build_index(packed, nbit, params)
     manifest = {
@@ -198,10 +219,10 @@ def export_run(logdir, checkpoint: str = "best", index_type: str = "flat", nlist
         "run": str(logdir.resolve()),
         "date": now_utc(),
     }
-    target = write_index_dir(logdir / "index", packed, ids, np.asarray(database.labels), index,
-                             manifest)
-    log.info("index of %d codes (%d bits, %s) written to %s", len(packed), nbit, index_type,
-             target)
+    target = write_index_dir(
+        logdir / "index", packed, ids, np.asarray(database.labels), index, manifest
+    )
+    log.info("index of %d codes (%d bits, %s) written to %s", len(packed), nbit, index_type, target)
     return target
 
 
@@ -221,32 +242,44 @@ class RunEncoder:
     batch_size: int
 
 
-def load_encoder(run_dir: Path, manifest: dict[str, Any], device: str = "auto",
-                 batch_size: int = 64) -> RunEncoder:
+def load_encoder(
+    run_dir: Path, manifest: dict[str, Any], device: str = "auto", batch_size: int = 64
+) -> RunEncoder:
     """The model that wrote the index, rebuilt from ``run_dir`` (checked against the manifest)."""
     from models.trainers.base import load_model_state
 
     cfg = load_run_config(run_dir)
     if int(cfg.model.nbit) != int(manifest["nbit"]) or str(cfg.model.name) != manifest["model"]:
-        raise CheckpointError(f"The index was built for {manifest['model']} with "
-                              f"{manifest['nbit']} bits but the run {run_dir} is "
-                              f"{cfg.model.name} with {cfg.model.nbit} bits: pass that run's own "
-                              "index, or export one with python scripts/export.py logdir=<run>")
+        raise CheckpointError(
+            f"The index was built for {manifest['model']} with "
+            f"{manifest['nbit']} bits but the run {run_dir} is "
+            f"{cfg.model.name} with {cfg.model.nbit} bits: pass that run's own "
+            "index, or export one with python scripts/export.py logdir=<run>"
+        )
     _, state = run_checkpoint(run_dir, str(manifest["checkpoint"]))
     if model_fingerprint(state["model"]) != manifest["model_fingerprint"]:
-        raise CheckpointError(f"The index was exported from other weights than "
-                              f"{run_dir}/checkpoints/{manifest['checkpoint']}.pt (retrained or "
-                              f"another run): export it again with python scripts/export.py "
-                              f"logdir={run_dir} checkpoint={manifest['checkpoint']}")
+        raise CheckpointError(
+            f"The index was exported from other weights than "
+            f"{run_dir}/checkpoints/{manifest['checkpoint']}.pt (retrained or "
+            f"another run): export it again with python scripts/export.py "
+            f"logdir={run_dir} checkpoint={manifest['checkpoint']}"
+        )
     if not manifest.get("image_mode"):
-        raise DataError(f"The run {run_dir} was trained on precomputed features, not images: "
-                        "query it with codes (query=codes.npz)")
+        raise DataError(
+            f"The run {run_dir} was trained on precomputed features, not images: "
+            "query it with codes (query=codes.npz)"
+        )
     device_t = resources.resolve_device(device)
     model = build.build_model(cfg)  # the real backbone, whatever the feature cache did
     load_model_state(model, state["model"])
     model.to(device_t).eval()
-    return RunEncoder(model=model, transform=build.build_eval_transform(cfg), device=device_t,
-                      image_mode=str(manifest["image_mode"]), batch_size=int(batch_size))
+    return RunEncoder(
+        model=model,
+        transform=build.build_eval_transform(cfg),
+        device=device_t,
+        image_mode=str(manifest["image_mode"]),
+        batch_size=int(batch_size),
+    )
 
 
 def read_image(path: Path, mode: str) -> Image.Image:
@@ -274,7 +307,7 @@ def encode_images(encoder: RunEncoder, paths: Sequence[Path]):
             bad.append((path, str(error)))
     codes = []
     for s in range(0, len(tensors), encoder.batch_size):
-        batch = torch.stack(tensors[s:s + encoder.batch_size]).to(encoder.device)
+        batch = torch.stack(tensors[s : s + encoder.batch_size]).to(encoder.device)
         codes.append(encoder.model.encode(batch).float().cpu())
     nbit = int(encoder.model.head.nbit)
     return (torch.cat(codes) if codes else torch.zeros((0, nbit))), good, bad
@@ -282,12 +315,16 @@ def encode_images(encoder: RunEncoder, paths: Sequence[Path]):
 
 def query_files(query: Path) -> list[Path]:
     """The files of a query folder (recursively, hidden ones left out, sorted)."""
-    files = sorted(p for p in query.rglob("*")
-                   if p.is_file() and not any(part.startswith(".")
-                                              for part in p.relative_to(query).parts))
+    files = sorted(
+        p
+        for p in query.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(query).parts)
+    )
     if not files:
-        raise DataError(f"The query folder {query} holds no files: pass an image, a folder of "
-                        "images or a codes .npz")
+        raise DataError(
+            f"The query folder {query} holds no files: pass an image, a folder of "
+            "images or a codes .npz"
+        )
     return files
 
 
@@ -298,29 +335,39 @@ def load_query_codes(path: Path, nbit: int) -> np.ndarray:
         with np.load(path, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files}
     except Exception as error:  # noqa: BLE001 - any unreadable file is one sentence
-        raise DataError(f"cannot read query codes {path} ({type(error).__name__}): pass an .npz "
-                        "with an array 'codes' (Q, nbit) or 'packed' (Q, nbit/8) uint8") from None
+        raise DataError(
+            f"cannot read query codes {path} ({type(error).__name__}): pass an .npz "
+            "with an array 'codes' (Q, nbit) or 'packed' (Q, nbit/8) uint8"
+        ) from None
     nbytes = faiss_dim(nbit) // 8
     if "packed" in arrays:
         packed = arrays["packed"]
         if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != nbytes:
-            raise DataError(f"{path}: 'packed' must be (Q, {nbytes}) uint8 for this {nbit}-bit "
-                            f"index, got {packed.dtype} {packed.shape}")
+            raise DataError(
+                f"{path}: 'packed' must be (Q, {nbytes}) uint8 for this {nbit}-bit "
+                f"index, got {packed.dtype} {packed.shape}"
+            )
         packed = packed.copy()
         if nbit % 8:  # padding bits must not count
             packed[:, -1] &= np.uint8((0xFF << (8 - nbit % 8)) & 0xFF)
         return packed
     key = "codes" if "codes" in arrays else "query_codes" if "query_codes" in arrays else None
     if key is None:
-        raise DataError(f"{path} holds none of the arrays 'codes', 'query_codes' or 'packed' "
-                        f"(it has {', '.join(arrays) or 'nothing'})")
+        raise DataError(
+            f"{path} holds none of the arrays 'codes', 'query_codes' or 'packed' "
+            f"(it has {', '.join(arrays) or 'nothing'})"
+        )
     codes = arrays[key]
     if codes.ndim != 2 or codes.shape[1] != nbit:
-        raise DataError(f"{path}: '{key}' has shape {codes.shape} but the index holds {nbit}-bit "
-                        f"codes: query with codes of the same model")
+        raise DataError(
+            f"{path}: '{key}' has shape {codes.shape} but the index holds {nbit}-bit "
+            f"codes: query with codes of the same model"
+        )
     if codes.dtype.kind == "u":
-        raise DataError(f"{path}: '{key}' is {codes.dtype}, which would be read as real-valued "
-                        "codes where every bit is +1: store packed codes under 'packed'")
+        raise DataError(
+            f"{path}: '{key}' is {codes.dtype}, which would be read as real-valued "
+            "codes where every bit is +1: store packed codes under 'packed'"
+        )
     try:
         return pack(codes)
     except ValueError as error:
@@ -332,8 +379,16 @@ def _label(labels: np.ndarray, i: int):
     return np.flatnonzero(value).tolist() if np.ndim(value) else value.item()
 
 
-def search_run(index, query, k: int = 10, logdir=None, nprobe=None, ef_search=None,
-               device: str = "auto", batch_size: int = 64) -> dict[str, Any]:
+def search_run(
+    index,
+    query,
+    k: int = 10,
+    logdir=None,
+    nprobe=None,
+    ef_search=None,
+    device: str = "auto",
+    batch_size: int = 64,
+) -> dict[str, Any]:
     """Search the index folder ``index`` with ``query`` (an image, a folder or a codes .npz).
 
     Returns a JSON-ready dict: ``queries``: one entry per query with ``results`` (rank, index,
@@ -347,16 +402,19 @@ def search_run(index, query, k: int = 10, logdir=None, nprobe=None, ef_search=No
         if value is None:
             continue
         if key not in params:
-            raise ConfigError(f"{key} applies to index_type={'ivf' if key == 'nprobe' else 'hnsw'}"
-                              f", but {store.path} is a {params['index_type']} index")
+            raise ConfigError(
+                f"{key} applies to index_type={'ivf' if key == 'nprobe' else 'hnsw'}"
+                f", but {store.path} is a {params['index_type']} index"
+            )
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be a positive integer, got {value!r}")
         params[key] = value
     set_search_params(store.index, params)
     query = Path(query)
     if not query.exists():
-        raise DataError(f"The query {query} does not exist: pass an image, a folder of images "
-                        "or a codes .npz")
+        raise DataError(
+            f"The query {query} does not exist: pass an image, a folder of images or a codes .npz"
+        )
     bad: list[tuple[Path, str]] = []
     if query.is_file() and query.suffix.lower() == ".npz":
         packed = load_query_codes(query, store.nbit)
@@ -366,28 +424,47 @@ def search_run(index, query, k: int = 10, logdir=None, nprobe=None, ef_search=No
     else:
         run_dir = Path(logdir) if logdir is not None else store.path.resolve().parent
         if logdir is None and not (run_dir / "config.yaml").is_file():
-            raise DataError(f"{store.path} is not inside its run directory: pass logdir=<the run "
-                            f"that exported it> (it was {man.get('run')})")
+            raise DataError(
+                f"{store.path} is not inside its run directory: pass logdir=<the run "
+                f"that exported it> (it was {man.get('run')})"
+            )
         encoder = load_encoder(run_dir, man, device, batch_size)
         paths = query_files(query) if query.is_dir() else [query]
         codes, good, bad = encode_images(encoder, paths)
         if not good:
             if not query.is_dir():
                 raise DataError(f"The query {bad[0][1]}: pass an image file (PNG, JPEG, ...)")
-            raise DataError(f"None of the {len(paths)} files in {query} could be read as an "
-                            f"image (first: {bad[0][1]})")
+            raise DataError(
+                f"None of the {len(paths)} files in {query} could be read as an "
+                f"image (first: {bad[0][1]})"
+            )
         packed = pack(codes)
         names = [str(p) for p in good]
     D, I = search_index(store.index, packed, k)
     queries = []
     for q, name in enumerate(names):
-        results = [{"rank": r + 1, "index": int(i), "id": store.ids[i].item(),
-                    "distance": int(d), "label": _label(store.labels, int(i))}
-                   for r, (d, i) in enumerate(zip(D[q], I[q])) if i >= 0]
+        results = [
+            {
+                "rank": r + 1,
+                "index": int(i),
+                "id": store.ids[i].item(),
+                "distance": int(d),
+                "label": _label(store.labels, int(i)),
+            }
+            for r, (d, i) in enumerate(zip(D[q], I[q]))
+            if i >= 0
+        ]
         queries.append({"query": name, "results": results})
-    return {"index": str(store.path), "index_type": params["index_type"], "params": params,
-            "nbit": store.nbit, "k": k, "id_kind": man["id_kind"], "queries": queries,
-            "bad": [{"path": str(p), "error": reason} for p, reason in bad]}
+    return {
+        "index": str(store.path),
+        "index_type": params["index_type"],
+        "params": params,
+        "nbit": store.nbit,
+        "k": k,
+        "id_kind": man["id_kind"],
+        "queries": queries,
+        "bad": [{"path": str(p), "error": reason} for p, reason in bad],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,8 +485,9 @@ def _database_loader(store: CodeIndex, logdir=None):
     return lambda i: database.load(int(i)).convert("RGB")
 
 
-def save_grid(result: dict[str, Any], out, logdir=None, thumb: int = 96,
-              max_queries: int = 32) -> Path:
+def save_grid(
+    result: dict[str, Any], out, logdir=None, thumb: int = 96, max_queries: int = 32
+) -> Path:
     """A PNG with one row per query: the query image, then its results with their distances."""
     from PIL import ImageDraw
 
@@ -432,8 +510,9 @@ def save_grid(result: dict[str, Any], out, logdir=None, thumb: int = 96,
             image = image.copy()
             resample = Image.NEAREST if max(image.size) < thumb // 2 else Image.BICUBIC
             scale = thumb / max(image.size)
-            image = image.resize((max(1, round(image.width * scale)),
-                                  max(1, round(image.height * scale))), resample)
+            image = image.resize(
+                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample
+            )
             grid.paste(image, (x + (thumb - image.width) // 2, y + (thumb - image.height) // 2))
         draw.text((x, y + thumb + 1), caption, fill=(0, 0, 0))
 

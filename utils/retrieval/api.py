@@ -52,8 +52,14 @@ class _Engine:
         self.n_q, self.n_db, self.nbit, self.device, self.run = n_q, n_db, nbit, device, run
 
 
-def _engine(query_codes: object, db_codes: object, query_labels: object, db_labels: object,
-            backend: object, chunk_size: object) -> _Engine:
+def _engine(
+    query_codes: object,
+    db_codes: object,
+    query_labels: object,
+    db_labels: object,
+    backend: object,
+    chunk_size: object,
+) -> _Engine:
     """Validated, prepared inputs and the ``run`` of the backend: ``"auto"`` = numba for CPU
     inputs, torch for CUDA inputs; ``"numba"`` (CPU only) or ``"torch"`` (CPU or CUDA)."""
     check_choice(backend, _BACKENDS, "backend")
@@ -65,13 +71,21 @@ def _engine(query_codes: object, db_codes: object, query_labels: object, db_labe
         inputs = inputs.to(torch.device("cpu"))
     if backend == "numba" or (backend == "auto" and inputs.device.type == "cpu"):
         nprep = numba_engine.prepare(inputs)
-        return _Engine(inputs.n_q, inputs.n_db, inputs.nbit, inputs.device,
-                       lambda hit_cuts, prec_sum_cuts: numba_engine.run(nprep, hit_cuts,
-                                                                        prec_sum_cuts))
+        return _Engine(
+            inputs.n_q,
+            inputs.n_db,
+            inputs.nbit,
+            inputs.device,
+            lambda hit_cuts, prec_sum_cuts: numba_engine.run(nprep, hit_cuts, prec_sum_cuts),
+        )
     tprep = torch_engine.prepare(inputs)
-    return _Engine(inputs.n_q, inputs.n_db, inputs.nbit, inputs.device,
-                   lambda hit_cuts, prec_sum_cuts: torch_engine.run(tprep, hit_cuts,
-                                                                    prec_sum_cuts, chunk))
+    return _Engine(
+        inputs.n_q,
+        inputs.n_db,
+        inputs.nbit,
+        inputs.device,
+        lambda hit_cuts, prec_sum_cuts: torch_engine.run(tprep, hit_cuts, prec_sum_cuts, chunk),
+    )
 
 
 def _mean(values: torch.Tensor, keep: torch.Tensor | None = None) -> float:

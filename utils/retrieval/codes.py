@@ -116,13 +116,17 @@ def unpack_bits(packed: object, nbit: object, name: str = "packed") -> torch.Ten
     """
     packed_t = as_tensor(packed, name)
     if packed_t.dtype != torch.uint8 or packed_t.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D uint8 array of packed codes, got {packed_t.dtype} "
-                         f"{tuple(packed_t.shape)}")
+        raise ValueError(
+            f"{name} must be a 2-D uint8 array of packed codes, got {packed_t.dtype} "
+            f"{tuple(packed_t.shape)}"
+        )
     if isinstance(nbit, (bool, np.bool_)) or not isinstance(nbit, (int, np.integer)):
         raise ValueError(f"packed codes need nbit=K (a positive integer), got nbit={nbit!r}")
     if not 8 * packed_t.shape[1] - 8 < nbit <= 8 * packed_t.shape[1]:
-        raise ValueError(f"nbit={nbit} does not match {packed_t.shape[1]} bytes per packed code "
-                         f"(ceil(nbit / 8) bytes per code)")
+        raise ValueError(
+            f"nbit={nbit} does not match {packed_t.shape[1]} bytes per packed code "
+            f"(ceil(nbit / 8) bytes per code)"
+        )
     shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed_t.device)
     bits = (packed_t.unsqueeze(2) >> shifts) & 1
     return bits.reshape(packed_t.shape[0], -1)[:, : int(nbit)].bool()

@@ -34,8 +34,13 @@ class Inputs:
 
     def to(self, device: torch.device) -> Inputs:
         """The same inputs on ``device``."""
-        return Inputs(self.query_codes.to(device), self.db_codes.to(device),
-                      self.query_labels.to(device), self.db_labels.to(device), device)
+        return Inputs(
+            self.query_codes.to(device),
+            self.db_codes.to(device),
+            self.query_labels.to(device),
+            self.db_labels.to(device),
+            device,
+        )
 
     @property
     def multilabel(self) -> bool:
@@ -88,9 +93,7 @@ def check_cutoff(cutoff: object) -> int:
     if value == 0:
         raise ValueError("R == 0 is not a valid cut-off (use -1 for the whole database)")
     if value < -1:
-        raise ValueError(
-            f"R = {value} < -1 is not a valid cut-off (use -1 for the whole database)"
-        )
+        raise ValueError(f"R = {value} < -1 is not a valid cut-off (use -1 for the whole database)")
     return value
 
 
@@ -125,8 +128,11 @@ def check_chunk_size(chunk_size: object) -> int | None:
     """``None`` (chosen from a memory budget) or a positive integer."""
     if chunk_size is None:
         return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
-            or chunk_size < 1:
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, (int, np.integer))
+        or chunk_size < 1
+    ):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     return int(chunk_size)
 
@@ -146,8 +152,9 @@ def codes_input(codes: object, name: str, packed: bool, nbit: object) -> object:
     bool bits (True = +1), which both engines read natively; anything else passes through."""
     if not packed:
         if nbit is not None:
-            raise ValueError("nbit is only read with packed=True (real-valued codes carry their "
-                             "own width)")
+            raise ValueError(
+                "nbit is only read with packed=True (real-valued codes carry their own width)"
+            )
         return codes
     return unpack_bits(codes, nbit, name)
 
@@ -169,8 +176,9 @@ def _check_labels(labels: torch.Tensor, name: str, n_rows: int, codes_name: str)
             raise ValueError(f"{name}: 1-D class ids must be integers")
 
 
-def load_inputs(query_codes: object, db_codes: object, query_labels: object,
-                db_labels: object) -> Inputs:
+def load_inputs(
+    query_codes: object, db_codes: object, query_labels: object, db_labels: object
+) -> Inputs:
     """Validated tensors, all moved to the queries' device (or the database's when only it is
     a tensor; NumPy input -> CPU)."""
     qc = as_tensor(query_codes, "query_codes")

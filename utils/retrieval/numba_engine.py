@@ -57,8 +57,15 @@ _popcount: Any = intrinsic(_popcount_typing)
 
 
 @njit(cache=True, fastmath=False)
-def _keys_single(q_words: np.ndarray, i: int, db_words: np.ndarray, q_ids: np.ndarray,
-                 db_ids: np.ndarray, keys: np.ndarray, key_hist: np.ndarray) -> None:
+def _keys_single(
+    q_words: np.ndarray,
+    i: int,
+    db_words: np.ndarray,
+    q_ids: np.ndarray,
+    db_ids: np.ndarray,
+    keys: np.ndarray,
+    key_hist: np.ndarray,
+) -> None:
     """Keys ``2 d + rel`` of query i against the database (single-label) into ``keys`` (N,),
     and their counts added to ``key_hist`` (2 (nbit + 1),)."""
     n_words = q_words.shape[1]
@@ -100,8 +107,15 @@ def _keys_single(q_words: np.ndarray, i: int, db_words: np.ndarray, q_ids: np.nd
 
 
 @njit(cache=True, fastmath=False)
-def _keys_multi(q_words: np.ndarray, i: int, db_words: np.ndarray, q_masks: np.ndarray,
-                db_masks: np.ndarray, keys: np.ndarray, key_hist: np.ndarray) -> None:
+def _keys_multi(
+    q_words: np.ndarray,
+    i: int,
+    db_words: np.ndarray,
+    q_masks: np.ndarray,
+    db_masks: np.ndarray,
+    keys: np.ndarray,
+    key_hist: np.ndarray,
+) -> None:
     """Keys ``2 d + rel`` of query i against the database (multi-label bitmasks)."""
     n_words = q_words.shape[1]
     n_mask_words = q_masks.shape[1]
@@ -130,11 +144,24 @@ def _keys_multi(q_words: np.ndarray, i: int, db_words: np.ndarray, q_masks: np.n
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def _kernel(q_words: np.ndarray, db_words: np.ndarray, q_ids: np.ndarray, db_ids: np.ndarray,
-            q_masks: np.ndarray, db_masks: np.ndarray, multilabel: bool, nbit: int, top: int,
-            hit_cuts: np.ndarray, prec_sum_cuts: np.ndarray, n_blocks: int,
-            n_hist: np.ndarray, rel_hist: np.ndarray, hits_out: np.ndarray,
-            prec_sum_out: np.ndarray) -> None:
+def _kernel(
+    q_words: np.ndarray,
+    db_words: np.ndarray,
+    q_ids: np.ndarray,
+    db_ids: np.ndarray,
+    q_masks: np.ndarray,
+    db_masks: np.ndarray,
+    multilabel: bool,
+    nbit: int,
+    top: int,
+    hit_cuts: np.ndarray,
+    prec_sum_cuts: np.ndarray,
+    n_blocks: int,
+    n_hist: np.ndarray,
+    rel_hist: np.ndarray,
+    hits_out: np.ndarray,
+    prec_sum_out: np.ndarray,
+) -> None:
     """Histograms for every query and, when ``top > 0``, ``L(k)`` for ``k in hit_cuts`` and
     ``sum_{k<=R} rel_k L(k) / k`` for ``R in prec_sum_cuts`` (both int64, sorted ascending,
     effective cut-offs ``1..top``).
@@ -238,8 +265,7 @@ class Prepared:
 def prepare(inputs: Inputs) -> Prepared:
     """Packed codes and labels of validated CPU inputs."""
     if inputs.device.type != "cpu":
-        raise ValueError(f"backend='numba' runs on the CPU only, the inputs are on "
-                         f"{inputs.device}")
+        raise ValueError(f"backend='numba' runs on the CPU only, the inputs are on {inputs.device}")
     ql, dl, n_q = inputs.query_labels, inputs.db_labels, inputs.n_q
     if inputs.multilabel:
         q_lab, db_lab = _pack_bits_u64((ql != 0).numpy()), _pack_bits_u64((dl != 0).numpy())
@@ -286,10 +312,24 @@ def run(prep: Prepared, hit_cuts: Iterable[int], prec_sum_cuts: Iterable[int]) -
             q_ids, db_ids = prep.q_lab, prep.db_lab
             q_masks = np.zeros((prep.n_q, 1), np.uint64)
             db_masks = np.zeros((prep.n_db, 1), np.uint64)
-        _kernel(prep.q_words, prep.db_words, q_ids, db_ids, q_masks, db_masks, prep.multilabel,
-                prep.nbit, top, np.asarray(hit_cuts, dtype=np.int64),
-                np.asarray(prec_sum_cuts, dtype=np.int64), n_blocks, n_hist, rel_hist,
-                hits_out, prec_sum_out)
+        _kernel(
+            prep.q_words,
+            prep.db_words,
+            q_ids,
+            db_ids,
+            q_masks,
+            db_masks,
+            prep.multilabel,
+            prep.nbit,
+            top,
+            np.asarray(hit_cuts, dtype=np.int64),
+            np.asarray(prec_sum_cuts, dtype=np.int64),
+            n_blocks,
+            n_hist,
+            rel_hist,
+            hits_out,
+            prec_sum_out,
+        )
     finally:
         numba.set_num_threads(old)
         # With numba's OpenMP layer that call also sets torch's OpenMP thread count (the symbols
@@ -300,6 +340,7 @@ def run(prep: Prepared, hit_cuts: Iterable[int], prec_sum_cuts: Iterable[int]) -
         n_hist=torch.from_numpy(n_hist),
         rel_hist=torch.from_numpy(rel_hist),
         hits_at={k: torch.from_numpy(hits_out[:, c].copy()) for c, k in enumerate(hit_cuts)},
-        prec_sum_at={r: torch.from_numpy(prec_sum_out[:, c].copy())
-                     for c, r in enumerate(prec_sum_cuts)},
+        prec_sum_at={
+            r: torch.from_numpy(prec_sum_out[:, c].copy()) for c, r in enumerate(prec_sum_cuts)
+        },
     )

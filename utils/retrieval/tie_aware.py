@@ -17,8 +17,9 @@ import torch
 ROW_BLOCK = 4096
 
 
-def tie_aware_ap(n_hist: torch.Tensor, rel_hist: torch.Tensor, cutoff: int,
-                 grid_budget: int = 2**20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tie_aware_ap(
+    n_hist: torch.Tensor, rel_hist: torch.Tensor, cutoff: int, grid_budget: int = 2**20
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact expected AP@R under uniformly random orders inside equal-distance groups.
 
     Notation for one query: group d holds ``n_d`` items, ``r_d`` of them relevant; ``a_d`` items
@@ -57,16 +58,29 @@ def tie_aware_ap(n_hist: torch.Tensor, rel_hist: torch.Tensor, cutoff: int,
     harmonic = torch.cat([k.new_zeros(1), torch.cumsum(1.0 / k, 0)])  # [i] = 1 + ... + 1/i
     log_fact = torch.lgamma(torch.cat([k.new_ones(1), k + 1]))  # [i] = log(i!)
     del k
-    parts = [_tie_aware_block(n_hist[s : s + ROW_BLOCK], rel_hist[s : s + ROW_BLOCK], cutoff,
-                              harmonic, log_fact, grid_budget)
-             for s in range(0, n_hist.shape[0], ROW_BLOCK)]
+    parts = [
+        _tie_aware_block(
+            n_hist[s : s + ROW_BLOCK],
+            rel_hist[s : s + ROW_BLOCK],
+            cutoff,
+            harmonic,
+            log_fact,
+            grid_budget,
+        )
+        for s in range(0, n_hist.shape[0], ROW_BLOCK)
+    ]
     ap, possible, group_size = zip(*parts)
     return torch.cat(ap), torch.cat(possible), torch.cat(group_size)
 
 
-def _tie_aware_block(n_hist: torch.Tensor, rel_hist: torch.Tensor, cutoff: int,
-                     harmonic: torch.Tensor, log_fact: torch.Tensor,
-                     grid_budget: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tie_aware_block(
+    n_hist: torch.Tensor,
+    rel_hist: torch.Tensor,
+    cutoff: int,
+    harmonic: torch.Tensor,
+    log_fact: torch.Tensor,
+    grid_budget: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`tie_aware_ap` for a block of B queries (``harmonic``, ``log_fact``: ``(N + 1,)``
     harmonic numbers and log factorials)."""
     device = n_hist.device

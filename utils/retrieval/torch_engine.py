@@ -131,9 +131,20 @@ def prepare(inputs: Inputs) -> Prepared:
         db_aug[:, nbit] = d_id
         q_aug[:, -1] = q_id + (n_cls - 1)
         rel_sub = torch.arange(n_sub, device=device) == n_cls - 1
-    return Prepared(q_aug=q_aug, db_aug=db_aug, n_sub=n_sub, rel_sub=rel_sub,
-                    explicit=explicit, q_lab=q_lab, db_lab=db_lab, multilabel=multilabel,
-                    nbit=nbit, n_q=n_q, n_db=n_db, device=device)
+    return Prepared(
+        q_aug=q_aug,
+        db_aug=db_aug,
+        n_sub=n_sub,
+        rel_sub=rel_sub,
+        explicit=explicit,
+        q_lab=q_lab,
+        db_lab=db_lab,
+        multilabel=multilabel,
+        nbit=nbit,
+        n_q=n_q,
+        n_db=n_db,
+        device=device,
+    )
 
 
 def _queries_per_chunk(prep: Prepared, top: int, chunk_size: int | None) -> int:
@@ -161,8 +172,9 @@ def _chunk_keys(prep: Prepared, start: int, stop: int) -> tuple[torch.Tensor, to
     n_chunk = stop - start
     q = prep.q_aug[start:stop].clone()
     base = prep.n_sub * prep.nbit // 2
-    q[:, -1] += (torch.arange(n_chunk, device=prep.device, dtype=q.dtype) * prep.bins_per_query
-                 + base)
+    q[:, -1] += (
+        torch.arange(n_chunk, device=prep.device, dtype=q.dtype) * prep.bins_per_query + base
+    )
     keys = (q @ prep.db_aug.T).to(torch.int32)  # exact integers
     if prep.explicit:
         assert prep.q_lab is not None and prep.db_lab is not None
@@ -194,8 +206,9 @@ def sparse_nonzero(mask: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-def _ranked_relevance(prep: Prepared, keys: torch.Tensor, n_hist: torch.Tensor,
-                      top: int) -> torch.Tensor:
+def _ranked_relevance(
+    prep: Prepared, keys: torch.Tensor, n_hist: torch.Tensor, top: int
+) -> torch.Tensor:
     """Relevance of the ``top`` first items of every query of a chunk, in (distance, index)
     order.
 
@@ -224,8 +237,9 @@ def _ranked_relevance(prep: Prepared, keys: torch.Tensor, n_hist: torch.Tensor,
     return rel_sorted[pos]
 
 
-def run(prep: Prepared, hit_cuts: Iterable[int], prec_sum_cuts: Iterable[int],
-        chunk_size: int | None) -> PerQuery:
+def run(
+    prep: Prepared, hit_cuts: Iterable[int], prec_sum_cuts: Iterable[int], chunk_size: int | None
+) -> PerQuery:
     """Histograms for all queries, and ``L(k)`` for k in ``hit_cuts`` and the precision sums
     at R in ``prec_sum_cuts`` (effective cut-offs ``1..N``; both empty: histograms only).
 
