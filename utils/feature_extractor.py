@@ -200,8 +200,8 @@ class ONNXRuntimeExtractor(_EngineExtractor):
             torch.onnx.export(
                 self.backbone,
                 (example,),
-                buffer,
-                dynamo=False,  # type: ignore[arg-type]
+                buffer,  # type: ignore[arg-type]
+                dynamo=False,
                 opset_version=ONNX_OPSET,
                 input_names=["images"],
                 output_names=["features"],
