@@ -204,7 +204,8 @@ class TransformedSplit(torch.utils.data.Dataset):
     feature vector is repeated into that many (identical) views so two-view methods still get
     a list.
 
-    ``item_seed``: when set, the transform of item i runs with torch's RNG seeded from
+    ``item_seed``: when set, a random transform (one without a true ``deterministic``
+    attribute) of item i runs with torch's RNG seeded from
     ``(item_seed, i)`` (and the caller's RNG state restored afterwards), so a random
     augmentation of an item does not depend on which items were drawn before it, in which
     loader worker or on which process of a distributed run.
@@ -226,7 +227,7 @@ class TransformedSplit(torch.utils.data.Dataset):
                 views = int(getattr(self.transform, "views", 1))
                 if views > 1:
                     item = [item.clone() for _ in range(views)]
-            elif self.item_seed is None:
+            elif self.item_seed is None or getattr(self.transform, "deterministic", False):
                 item = self.transform(item)
             else:
                 item = self._seeded_transform(item, i)

@@ -67,7 +67,6 @@ from datasets.base import (
     ImageSplit,
     is_feature_split,
 )
-from datasets.transforms import EvalTransform, NoAugmentation
 from utils import distributed
 from utils.checkpoint import (
     remove_stale_temporaries,
@@ -532,9 +531,7 @@ class CachedView:
 
 # ---------------------------------------------------------------------------- engine hook
 def _is_deterministic_transform(transform) -> bool:
-    return bool(
-        getattr(transform, "deterministic", isinstance(transform, (NoAugmentation, EvalTransform)))
-    )
+    return bool(getattr(transform, "deterministic", False))
 
 
 def _pipelines(transform) -> list[Callable]:

@@ -98,6 +98,8 @@ def _random_resized_crop(size, scale, ratio, interpolation):
 class EvalTransform(_Pipeline):
     """Test / database transform: Resize(resize) -> CenterCrop(crop) -> float tensor in [0, 1]."""
 
+    deterministic = True  # draws nothing from the RNG (the feature cache and the loaders ask)
+
     def __init__(self, resize: int | None, crop: int | None, interpolation: str = "bicubic"):
         super().__init__([_resize(resize, interpolation), _center_crop(crop), *_to_float_tensor()])
 
