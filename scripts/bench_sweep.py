@@ -32,54 +32,44 @@ from scripts.bench_training import run_in_scratch  # noqa: E402
 from utils.resources import available_cores  # noqa: E402
 
 
-def sweep(folder: Path, launcher: list[str], overrides: list[str]) -> tuple[float, dict]:
-    """Seconds of one ``main_v2.py -m`` sweep and {run folder name: final mAP}."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
-    env.pop("OMP_NUM_THREADS", None)  # both settings choose their threads themselves
-    started = time.perf_counter()
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "main_v2.py"),
-            "-m",
-            *launcher,
-            *overrides,
-            f"hydra.sweep.dir={folder}",
-        ],
-        cwd=folder.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"error: the sweep in {folder} failed:\n{result.stderr[-2000:]}")
-    maps = {}
-    for path in sorted(folder.rglob("metrics.json")):
-        metrics = json.loads(path.read_text())
-        maps[path.parent.name] = metrics["last"][metrics["main_metric"]]
-    return seconds, maps
-
-
-def one_run(folder: Path, overrides: list[str], processes: int) -> tuple[float, float]:
-    """Seconds of one ``main_v2.py`` run (under torchrun when ``processes`` > 1) and its mAP."""
+def timed_main_v2(args: list[str], folder: Path, processes: int = 1) -> float:
+    """Seconds of one ``main_v2.py <args>`` command (under torchrun when ``processes`` > 1), run
+    from ``folder``'s parent; one sentence and exit status 2 when it fails."""
     runner = [sys.executable]
     if processes > 1:
         runner += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
+    env.pop("OMP_NUM_THREADS", None)  # every setting chooses its threads itself
     started = time.perf_counter()
     result = subprocess.run(
-        [*runner, str(REPO / "main_v2.py"), *overrides, f"hydra.run.dir={folder}"],
+        [*runner, str(REPO / "main_v2.py"), *args],
         cwd=folder.parent,
         env=env,
         capture_output=True,
         text=True,
     )
-    seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"error: the run in {folder} failed:\n{result.stderr[-2000:]}")
-    metrics = json.loads((folder / "metrics.json").read_text())
-    return seconds, metrics["last"][metrics["main_metric"]]
+    return time.perf_counter() - started
+
+
+def final_map(metrics_file: Path) -> float:
+    metrics = json.loads(metrics_file.read_text())
+    return metrics["last"][metrics["main_metric"]]
+
+
+def sweep(folder: Path, launcher: list[str], overrides: list[str]) -> tuple[float, dict]:
+    """Seconds of one ``main_v2.py -m`` sweep and {run folder name: final mAP}."""
+    seconds = timed_main_v2(["-m", *launcher, *overrides, f"hydra.sweep.dir={folder}"], folder)
+    return seconds, {
+        path.parent.name: final_map(path) for path in sorted(folder.rglob("metrics.json"))
+    }
+
+
+def one_run(folder: Path, overrides: list[str], processes: int) -> tuple[float, float]:
+    """Seconds of one ``main_v2.py`` run (under torchrun when ``processes`` > 1) and its mAP."""
+    seconds = timed_main_v2([*overrides, f"hydra.run.dir={folder}"], folder, processes)
+    return seconds, final_map(folder / "metrics.json")
 
 
 def main(argv: list[str] | None = None) -> dict:
