@@ -95,22 +95,30 @@ def assert_same_model(one: Path, two: Path) -> None:
         assert row_one["mAP@100"] == pytest.approx(row_two["mAP@100"], abs=5e-3)
 
 
+@pytest.fixture(scope="module")
+def one_process_runs(tmp_path_factory) -> dict[str, Path]:
+    """The one-process reference runs, trained once for the tests of this file."""
+    folder = tmp_path_factory.mktemp("one_process")
+    return {
+        model: trained([f"model={model}", *COMMON, f"data_dir={folder / 'data'}"], folder / model)
+        for model in ("sdc", "sdc_simclr")
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["sdc", "sdc_simclr"])
-def test_two_processes_train_the_model_one_process_trains(tmp_path, model):
+def test_two_processes_train_the_model_one_process_trains(tmp_path, model, one_process_runs):
     args = [f"model={model}", *COMMON, f"data_dir={tmp_path / 'data'}"]
-    one = trained(args, tmp_path / "one")
     two = trained(args, tmp_path / "two", processes=2)
-    assert_same_model(one, two)
+    assert_same_model(one_process_runs[model], two)
     # only rank 0 wrote: one set of Hydra files, one TensorBoard file
     assert len(list(two.glob("events.out.tfevents.*"))) == 1
     assert (two / ".hydra" / "config.yaml").is_file()
 
 
 @pytest.mark.slow
-def test_a_run_killed_in_one_process_resumes_under_torchrun(tmp_path):
+def test_a_run_killed_in_one_process_resumes_under_torchrun(tmp_path, one_process_runs):
     args = ["model=sdc", *COMMON, f"data_dir={tmp_path / 'data'}"]
-    reference = trained(args, tmp_path / "reference")
     broken = tmp_path / "broken"
     # SIGKILL half-way through the 3rd write of last.pt: epoch 2's checkpoint remains
     result = launch([*args, f"hydra.run.dir={broken}"], tmp_path, helper=["last_pt", "3"])
@@ -119,7 +127,7 @@ def test_a_run_killed_in_one_process_resumes_under_torchrun(tmp_path):
     resumed = launch([f"resume={broken}"], tmp_path, processes=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(broken / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
-    assert_same_model(reference, broken)
+    assert_same_model(one_process_runs["sdc"], broken)
 
 
 @pytest.mark.slow
