@@ -61,7 +61,7 @@ if [ -f ../shared/data/cifar10-jpg.tar.gz ]; then
 else
   printf 'SKIP %-22s        ../shared/data/cifar10-jpg.tar.gz not found\n' sdc_cifar10_cached
 fi
-# torchrun on the one GPU (NCCL for CUDA tensors, gloo for CPU objects): the launch, the process
-# group and the rank-0 writes on the real backend (two GPUs would also split the batch)
+# torchrun with one process on the one GPU: the launch under torchrun's environment (with one
+# process no process group is made; NCCL, the batch split and SyncBatchNorm need two GPUs)
 check torchrun_1gpu 180 python -m torch.distributed.run --standalone --nproc_per_node=1 main_v2.py \
   device=cuda epochs=5 progress=false data_dir="$WORK/data" hydra.run.dir="$WORK/torchrun"
