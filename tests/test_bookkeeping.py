@@ -449,3 +449,21 @@ def test_channels_last_inputs_when_the_backbone_is_a_cnn(tmp_path):
     images = trainer.to_device([torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)])
     assert all(x.is_contiguous(memory_format=torch.channels_last) for x in images)
     assert trainer.to_device(torch.rand(2, 5)).shape == (2, 5)  # features pass unchanged
+
+
+def test_a_run_being_trained_is_not_resumed_by_a_second_process(tmp_path):
+    # the first process is stood in for by a lock held here, as the running trainer holds it
+    from filelock import FileLock
+
+    from utils.compose.experiment import train
+    from utils.errors import UserError
+
+    train(compose_run([*SMALL, "epochs=1"], tmp_path, "run"))
+    before = sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    with FileLock(str(tmp_path / "run" / ".train.lock")):
+        with pytest.raises(UserError, match="being trained by another process right now"):
+            train(compose_run([f"resume={tmp_path / 'run'}", "epochs=2"], tmp_path, "x"))
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+    again = [f"resume={tmp_path / 'run'}", "epochs=2"]
+    resumed = train(compose_run(again, tmp_path, "x"), overrides=again)
+    assert resumed["last"]["epoch"] == 2  # the lock is free again once its holder lets go

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from filelock import FileLock, Timeout
 
 from utils.errors import CheckpointError, UserError
 
@@ -167,3 +169,26 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
             "it from a copy, or delete the run directory and train "
             "again"
         ) from None
+
+
+@contextmanager
+def one_trainer(logdir: Path, enabled: bool = True) -> Iterator[None]:
+    """Hold the run folder's lock ``<logdir>/.train.lock`` while a process trains in it: a second
+    process (a resume started while the run still trains, a run folder given twice) stops with
+    one sentence instead of interleaving its checkpoints with the first's. The operating system
+    releases the lock when its holder dies, so a killed run can be resumed at once."""
+    if not enabled:
+        yield
+        return
+    lock = FileLock(str(Path(logdir) / ".train.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(
+            f"{logdir} is being trained by another process right now: wait for it to "
+            "finish or stop it, then resume=<run dir> continues it"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

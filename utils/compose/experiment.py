@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from utils import distributed, resources
-from utils.checkpoint import load_checkpoint, read_json, write_json, write_npz
+from utils.checkpoint import load_checkpoint, one_trainer, read_json, write_json, write_npz
 from utils.compose import build
 from utils.config import load_run_config, save_config, to_plain
 from utils.errors import CheckpointError, ConfigError, UserError
@@ -135,8 +135,14 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         cfg = to_plain(cfg)
     logdir = Path(cfg.logdir)
     logdir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     main = distributed.is_main()  # under torchrun only rank 0 writes
+    with one_trainer(logdir, enabled=main):
+        return _train_in(cfg, changed, logdir, main)
+
+
+def _train_in(cfg: DictConfig, changed: dict, logdir: Path, main: bool) -> dict[str, Any]:
+    """train() once the run folder is this process's (see utils.checkpoint.one_trainer)."""
+    started = time.time()
     if main and not cfg.get("resume"):  # before the extraction, so a run killed there resumes
         save_config(cfg, logdir / "config.yaml")
     trainer = build_trainer(cfg, logdir)
