@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -152,7 +153,9 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_one_sentence(t
     )
     errors = sorted(line for line in result.stderr.splitlines() if "error:" in line)
     assert errors == [sentence, f"rank 1: {sentence}"]
-    assert f'File "{REPO}' not in result.stderr  # no traceback through the project's code
+    # no traceback through the project's code (torchrun's own may pass a venv inside the clone)
+    frames = re.findall(r'File "([^"]+)"', result.stderr)
+    assert not [f for f in frames if f.startswith(str(REPO)) and "site-packages" not in f]
 
 
 @pytest.mark.slow
