@@ -274,7 +274,8 @@ def test_export_is_atomic_when_it_fails(run, tmp_path, monkeypatch, capsys):
     with pytest.raises(RuntimeError, match="disk full"):
         EXPORT.main([f"logdir={logdir}", "progress=false", "index_type=ivf"])
     assert {p.name: p.read_bytes() for p in (logdir / "index").iterdir()} == before
-    assert sorted(p.name for p in logdir.iterdir() if p.name.startswith(".")) == []
+    hidden = sorted(p.name for p in logdir.iterdir() if p.name.startswith("."))
+    assert hidden == [".train.lock"]  # the training's run lock (empty); no temporary file
 
 
 def test_bad_input_is_one_sentence(run, tmp_path, capsys):
