@@ -195,6 +195,12 @@ class HashingData:
         return {"train": len(self.train), "query": len(self.query), "database": len(self.database)}
 
 
+def is_deterministic(transform: Callable | None) -> bool:
+    """Whether ``transform`` draws nothing from the RNG: it says so with a true ``deterministic``
+    attribute (the eval pipeline and NoAugmentation); any other transform counts as random."""
+    return bool(getattr(transform, "deterministic", False))
+
+
 class TransformedSplit(torch.utils.data.Dataset):
     """A split with a transform applied: items ``(transform(split.load(i)), label, i)``.
 
@@ -227,7 +233,7 @@ class TransformedSplit(torch.utils.data.Dataset):
                 views = int(getattr(self.transform, "views", 1))
                 if views > 1:
                     item = [item.clone() for _ in range(views)]
-            elif self.item_seed is None or getattr(self.transform, "deterministic", False):
+            elif self.item_seed is None or is_deterministic(self.transform):
                 item = self.transform(item)
             else:
                 item = self._seeded_transform(item, i)

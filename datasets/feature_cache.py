@@ -65,6 +65,7 @@ from datasets.base import (
     FileImageSplit,
     HashingData,
     ImageSplit,
+    is_deterministic,
     is_feature_split,
 )
 from utils import distributed
@@ -530,10 +531,6 @@ class CachedView:
 
 
 # ---------------------------------------------------------------------------- engine hook
-def _is_deterministic_transform(transform) -> bool:
-    return bool(getattr(transform, "deterministic", False))
-
-
 def _pipelines(transform) -> list[Callable]:
     """The single-view pipelines of a random transform (one bank each)."""
     if int(getattr(transform, "views", 1)) == 1:
@@ -766,7 +763,7 @@ def apply_feature_cache(
                 else entry("train", data.train, eval_transform, eval_cfg, prints["train"])
             )
         if not closed_form:
-            if _is_deterministic_transform(train_transform) and views == 1:
+            if is_deterministic(train_transform) and views == 1:
                 train_features["train"] = entry(
                     "train", data.train, train_transform, train_cfg, prints["train"]
                 )

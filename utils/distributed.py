@@ -145,6 +145,13 @@ def all_gather_rows(rows: torch.Tensor, blocks: int = 1) -> torch.Tensor:
     return torch.cat([_AllGatherRows.apply(block) for block in rows.chunk(blocks)])
 
 
+def own_rows(whole: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of a result computed on the rows of :func:`all_gather_rows` (one block):
+    ``(world * n, ...)`` -> ``(n, ...)``, rows ``[rank * n, (rank + 1) * n)``."""
+    n = whole.shape[0] // world_size()
+    return whole[rank() * n : (rank() + 1) * n]
+
+
 def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     """Average ``.grad`` over the ranks (in one flat buffer), as DistributedDataParallel does
     after backward; a parameter without a gradient counts as zero."""

@@ -98,8 +98,7 @@ class BiHalf(nn.Module):
             return bihalf(u, self.gamma)
         # torchrun: the halves are split over the global batch, as in one process; each rank
         # keeps its rows (utils/distributed.py: the gather's backward sums over the ranks)
-        start = distributed.rank() * u.shape[0]
-        return bihalf(distributed.all_gather_rows(u), self.gamma)[start : start + u.shape[0]]
+        return distributed.own_rows(bihalf(distributed.all_gather_rows(u), self.gamma))
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}"

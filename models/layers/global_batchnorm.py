@@ -31,9 +31,7 @@ def _keep_own_rows(
 ) -> torch.Tensor | None:
     if not module.training or distributed.world_size() == 1:
         return None
-    rows = output.shape[0] // distributed.world_size()
-    start = distributed.rank() * rows
-    return output[start : start + rows]
+    return distributed.own_rows(output)
 
 
 def global_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:

@@ -59,9 +59,7 @@ def build_trainer(cfg: DictConfig, logdir: str | Path):
             cached.eval_transform,
         )
         model = model.use_cached_features(cached.features_size).to(device)
-    from models.backbone.simple import Identity
-
-    head_only = model.frozen_backbone and isinstance(model.backbone, Identity)
+    head_only = model.frozen_backbone and getattr(model.backbone, "reads_features", False)
     threads, why = resources.choose_threads(threads_setting, head_only=head_only)
     torch.set_num_threads(threads)
     log.info("torch threads: %d (%s)", threads, why)
