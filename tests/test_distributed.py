@@ -102,12 +102,12 @@ def one_process_runs(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("one_process")
     return {
         model: trained([f"model={model}", *COMMON, f"data_dir={folder / 'data'}"], folder / model)
-        for model in ("sdc", "sdc_simclr")
+        for model in ("sdc", "sdc_simclr", "bihalf")
     }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["sdc", "sdc_simclr"])
+@pytest.mark.parametrize("model", ["sdc", "sdc_simclr", "bihalf"])
 def test_two_processes_train_the_model_one_process_trains(tmp_path, model, one_process_runs):
     args = [f"model={model}", *COMMON, f"data_dir={tmp_path / 'data'}"]
     two = trained(args, tmp_path / "two", processes=2)
