@@ -149,10 +149,10 @@ def main() -> None:
     from datasets.transforms import eval_transform
     from utils.checkpoint import write_json
     from utils.feature_extractor import missing_packages
-    from utils.resources import available_cores, choose_threads, resolve_workers
+    from utils.resources import available_cores, choose_threads, choose_workers
 
     threads = choose_threads(args.threads, head_only=False)[0]
-    workers = resolve_workers(args.workers)
+    workers = choose_workers(args.workers, head_only=False)
     cfg = OmegaConf.load(REPO / "configs" / "backbone" / f"{args.backbone}.yaml")
     if "pretrained" in cfg:
         cfg.pretrained = args.pretrained == "true"

@@ -74,6 +74,50 @@ def test_auto_threads_share_the_cores_of_a_parallel_sweep(monkeypatch):
             resources.choose_threads(bad, head_only=False)
 
 
+def test_auto_workers_follow_the_work(monkeypatch):
+    monkeypatch.setattr(resources, "available_cores", lambda: 8)
+    monkeypatch.setattr(resources, "parallel_jobs", lambda: 1)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    # rows of a tensor in memory: no worker process
+    assert resources.choose_workers("auto", head_only=True) == 0
+    # images to decode: every core but the one that trains, at most 8
+    assert resources.choose_workers("auto", head_only=False) == 7
+    monkeypatch.setattr(resources, "available_cores", lambda: 32)
+    assert resources.choose_workers("auto", head_only=False) == 8
+    # a job's share of the cores: 3 parallel jobs, or 2 torchrun processes on the machine
+    monkeypatch.setattr(resources, "available_cores", lambda: 8)
+    monkeypatch.setattr(resources, "parallel_jobs", lambda: 3)
+    assert resources.choose_workers("auto", head_only=False) == 1
+    monkeypatch.setattr(resources, "parallel_jobs", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resources.choose_workers("auto", head_only=False) == 3
+    assert resources.choose_threads("auto", head_only=False) == (
+        4,
+        "auto: 8 cores / 2 parallel jobs",
+    )
+    # an explicit number always wins; nonsense is one sentence
+    assert resources.choose_workers(5, head_only=True) == 5
+    assert resources.choose_workers("0", head_only=False) == 0
+    for bad in (-1, "many"):
+        with pytest.raises(ConfigError, match="num_workers must be auto or a non-negative"):
+            resources.choose_workers(bad, head_only=False)
+
+
+def test_a_head_on_precomputed_features_loads_without_worker_processes(tmp_path):
+    from utils.compose.experiment import build_trainer
+
+    auto = ["dataset.source.train=20", "num_workers=auto"]
+    head = build_trainer(compose_run(auto, tmp_path, "a"), tmp_path / "a")
+    assert head.model.head_only and head.num_workers == 0
+    assert head.train_loader(0).num_workers == 0
+    live = build_trainer(
+        compose_run([*auto, "backbone=tiny", "feature_cache=off"], tmp_path, "b"),
+        tmp_path / "b",
+    )
+    assert not live.model.head_only
+    assert live.num_workers == resources.choose_workers("auto", head_only=False)
+
+
 def _runs(sweep):
     return sorted(p.parent for p in sweep.rglob("metrics.json"))
 

@@ -78,6 +78,19 @@ def parallel_jobs() -> int:
     return available_cores() if n_jobs < 0 else max(1, n_jobs)
 
 
+def sharing_jobs() -> int:
+    """How many processes share this machine's cores: the parallel jobs of a joblib sweep times
+    the processes a torchrun launch starts on this machine (LOCAL_WORLD_SIZE)."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return parallel_jobs() * max(1, local_processes)
+
+
+def cores_per_job() -> int:
+    """The cores one job (one process) may use: this process's cores divided among the
+    ``sharing_jobs``."""
+    return max(1, available_cores() // sharing_jobs())
+
+
 def choose_threads(setting, head_only: bool) -> tuple[int, str]:
     """Intra-op threads for torch (the numba retrieval kernels follow torch's count) and why.
 
@@ -85,9 +98,8 @@ def choose_threads(setting, head_only: bool) -> tuple[int, str]:
     (cached features, a feature dataset: small matrix products that gain nothing from a second
     thread and lose badly on a busy machine: SDC on digits, 20 epochs, 5.3 s with 1 thread vs
     5.4 s with 2 on a quiet 2-core machine, 14.0 s vs 37.8 s beside two busy processes;
-    docs/scaling.md, scripts/bench_threads.py), else every core this job may use: the cores
-    divided among the parallel jobs of a joblib sweep, and never more than an OMP_NUM_THREADS
-    set by the user.
+    docs/scaling.md, scripts/bench_threads.py), else every core this job may use
+    (``cores_per_job``), and never more than an OMP_NUM_THREADS set by the user.
     """
     if setting not in (None, "auto"):
         try:
@@ -99,17 +111,32 @@ def choose_threads(setting, head_only: bool) -> tuple[int, str]:
         return threads, "threads setting"
     if head_only:
         return 1, "auto: a hashing head on precomputed features"
-    jobs = parallel_jobs()
-    threads = max(1, available_cores() // jobs)
-    why = f"auto: {available_cores()} cores" + (f" / {jobs} parallel jobs" if jobs > 1 else "")
+    threads, sharers = cores_per_job(), sharing_jobs()
+    why = f"auto: {available_cores()} cores" + (
+        f" / {sharers} parallel jobs" if sharers > 1 else ""
+    )
     limit = os.environ.get("OMP_NUM_THREADS", "")
     if limit.isdigit() and 0 < int(limit) < threads:
         threads, why = int(limit), "auto, capped by OMP_NUM_THREADS"
     return threads, why
 
 
-def resolve_workers(value) -> int:
-    """num_workers: an int, or "auto" = min(8, CPUs - 1)."""
-    if value in (None, "auto"):
-        return max(0, min(8, (os.cpu_count() or 1) - 1))
-    return int(value)
+def choose_workers(setting, head_only: bool) -> int:
+    """Data-loading worker processes: an explicit number wins; ``auto`` = none for a head on
+    precomputed features (an item is a row of a tensor in memory: a worker would only add its
+    start-up every epoch and the copies between processes, and take a core from the other jobs
+    of a parallel sweep; docs/scaling.md), else the job's cores less the one that trains, at
+    most 8 (images to decode and augment)."""
+    if setting not in (None, "auto"):
+        try:
+            workers = int(setting)
+        except (TypeError, ValueError):
+            workers = -1
+        if workers < 0:
+            raise ConfigError(
+                f"num_workers must be auto or a non-negative integer, got {setting!r}"
+            )
+        return workers
+    if head_only:
+        return 0
+    return max(0, min(8, cores_per_job() - 1))

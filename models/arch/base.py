@@ -8,6 +8,7 @@ as b = +1 where u >= 0 else -1 by the retrieval engine, never with a zero.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -56,6 +57,9 @@ class HashModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.frozen_backbone = bool(frozen_backbone)
+        # what computes a frozen backbone's features instead of the module (an inference engine,
+        # run_frozen_backbone_with); None = the module itself
+        self.frozen_backbone_runner: Callable[[torch.Tensor], torch.Tensor] | None = None
         if self.frozen_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -66,8 +70,26 @@ class HashModel(nn.Module):
             self.backbone.eval()
         return self
 
+    @property
+    def head_only(self) -> bool:
+        """Whether only the head computes: a frozen backbone that reads precomputed features
+        (cached features, a feature dataset), so training is small matrix products on rows of a
+        tensor in memory (the threads and loader workers are chosen by it, utils/resources.py)."""
+        return self.frozen_backbone and bool(getattr(self.backbone, "reads_features", False))
+
+    def run_frozen_backbone_with(self, runner: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Compute the frozen backbone's features with ``runner`` instead of the module:
+        ``(B, C, H, W) images -> (B, D)`` float32 features, e.g. an OpenVINO extractor
+        (utils/feature_extractor.py, checked within 1e-4 of the module). The module stays (its
+        weights are what the runner was converted from); checkpoints do not change."""
+        if not self.frozen_backbone or self.head.input_kind != "features":
+            raise ValueError("only a frozen backbone that feeds the head features can be replaced")
+        self.frozen_backbone_runner = runner
+
     def backbone_input(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone output in the form the head reads (features or tokens)."""
+        if self.frozen_backbone_runner is not None:
+            return self.frozen_backbone_runner(images).to(images.device)
         # casts for mypy only: torch types a submodule as Tensor | Module and its call as Any
         if self.head.input_kind == "tokens":
             return cast(Backbone, self.backbone).forward_tokens(images)
@@ -93,6 +115,7 @@ class HashModel(nn.Module):
 
         self.backbone = Identity(int(features_size))
         self.frozen_backbone = True
+        self.frozen_backbone_runner = None
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ from utils.checkpoint import load_checkpoint
 from utils.config import progress_bars
 from utils.errors import CheckpointError, ConfigError, TrainingError
 from utils.recording import SELECT_ON, RunRecorder
-from utils.resources import resolve_workers
+from utils.resources import choose_workers
 from utils.seed import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class Trainer:
         self.epochs = int(cfg.epochs)
         self.batch_size = int(cfg.batch_size)
         self.eval_batch_size = int(cfg.get("eval_batch_size") or cfg.batch_size)
-        self.num_workers = resolve_workers(cfg.get("num_workers", 0))
+        self.num_workers = choose_workers(cfg.get("num_workers", "auto"), model.head_only)
         self.settings = RetrievalSettings.from_config(cfg)
         self.select_on = str(cfg.get("select_on", "val"))
         self.show_bars = progress_bars(cfg.get("progress", "auto")) and distributed.is_main()

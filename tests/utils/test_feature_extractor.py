@@ -435,3 +435,55 @@ def test_datasets_do_not_import_models():
         if "from models" in p.read_text() or "import models" in p.read_text()
     ]
     assert offenders == []
+
+
+# ------------------------------------------- the live frozen backbone (feature_cache=off)
+@pytest.mark.skipif(not HAS["openvino"], reason="openvino is not installed")
+def test_a_live_frozen_backbone_runs_through_the_engine_and_trains_the_eager_model(tmp_path, calls):
+    """feature_cache=off: every step runs the backbone, through OpenVINO; one epoch of a two-view
+    method (fresh augmentation) ends with the weights and codes of the eager run, up to the
+    engine's 1e-4 on the features."""
+    two_view = ["model=sdc_simclr", "feature_cache=off", "dataset.source.train=20"]
+    eager_run = build(tmp_path / "eager", *two_view, "feature_extractor=torch")
+    assert eager_run.model.frozen_backbone_runner is None
+    engine_run = build(tmp_path / "engine", *two_view, "feature_extractor=openvino")
+    runner = engine_run.model.frozen_backbone_runner
+    assert runner is not None and runner.name == "openvino"
+    assert type(engine_run.model.backbone).__name__ == "Tiny"  # the module stays
+    images = torch.stack(
+        [engine_run.eval_transform(engine_run.data.query.load(i)) for i in range(6)]
+    )
+    np.testing.assert_allclose(
+        engine_run.model.backbone_input(images).numpy(),
+        eager(engine_run.model.backbone, images),
+        rtol=0,
+        atol=1e-4,
+    )
+    seen = []
+    for trainer in (eager_run, engine_run):
+        trainer.optimizer = torch.optim.Adam(trainer.model.head.parameters(), lr=1e-3)
+        calls["images"] = 0
+        trainer.train_one_epoch(0)
+        seen.append(calls["images"])
+    steps = len(eager_run.train_loader(0))
+    # eager: both views of every image of the epoch; the engine: none through the module
+    assert steps > 1 and seen == [2 * steps * eager_run.batch_size, 0]
+    for (name, a), b in zip(
+        eager_run.model.head.state_dict().items(), engine_run.model.head.state_dict().values()
+    ):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-3, err_msg=name)
+    codes = [t.model.eval().encode(images) for t in (eager_run, engine_run)]
+    assert torch.equal(codes[0].sign(), codes[1].sign())
+    # the checkpointed state is the head's, the same keys either way
+    assert (
+        eager_run.model.trainable_state_dict().keys()
+        == engine_run.model.trainable_state_dict().keys()
+    )
+
+
+def test_a_live_backbone_stays_eager_with_torch_or_where_features_are_cached(tmp_path, monkeypatch):
+    hide(monkeypatch, "openvino")
+    auto = build(tmp_path / "auto", "feature_cache=off", "feature_extractor=auto")
+    assert auto.model.frozen_backbone_runner is None  # OpenVINO missing: the module
+    cached = build(tmp_path / "cached", "feature_cache=on", "feature_extractor=torch")
+    assert cached.model.head_only and cached.model.frozen_backbone_runner is None

@@ -37,7 +37,7 @@ def build_trainer(cfg: DictConfig, logdir: str | Path):
     )
     # Frozen deterministic backbone: train and evaluate the head from cached features
     # (feature_cache=auto|on|off; datasets/feature_cache.py).
-    from datasets.feature_cache import apply_feature_cache
+    from datasets.feature_cache import apply_feature_cache, live_backbone_engine
 
     threads_setting = cfg.get("threads", "auto")
     torch.set_num_threads(
@@ -59,10 +59,13 @@ def build_trainer(cfg: DictConfig, logdir: str | Path):
             cached.eval_transform,
         )
         model = model.use_cached_features(cached.features_size).to(device)
-    head_only = model.frozen_backbone and getattr(model.backbone, "reads_features", False)
-    threads, why = resources.choose_threads(threads_setting, head_only=head_only)
+    threads, why = resources.choose_threads(threads_setting, head_only=model.head_only)
     torch.set_num_threads(threads)
     log.info("torch threads: %d (%s)", threads, why)
+    if cached is None:
+        engine = live_backbone_engine(cfg, model, data, eval_transform, device)
+        if engine is not None:
+            model.run_frozen_backbone_with(engine)
     return trainer_cls(cfg, model, criterion, data, train_transform, eval_transform, logdir, device)
 
 
