@@ -121,7 +121,7 @@ def run_in_scratch(logdir: str | None, run):
     from utils.errors import exit_on_user_error
 
     with tempfile.TemporaryDirectory() as tmp:
-        return exit_on_user_error(run, interrupted=None)(Path(logdir or tmp))
+        return exit_on_user_error(run, interrupted=None)(Path(logdir or tmp).resolve())
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -16,10 +16,12 @@ def test_bench_sweep_quick(tmp_path):
         timeout=900,
     ).stdout
     assert "sweep: 2 runs" in out
-    assert re.search(r"sequential, threads=\d+ per run : +\d+\.\d s", out)
-    assert re.search(r"joblib n_jobs=\d+, threads=auto +: +\d+\.\d s", out)
-    assert re.search(r"ratio: \d+\.\d\dx", out)
-    assert len(list((tmp_path / "b" / "joblib").rglob("metrics.json"))) == 2
+    assert re.search(r"sequential, threads=\d+ num_workers=\d+ \(old defaults\) : +\d+\.\d s", out)
+    assert re.search(r"sequential, threads=auto num_workers=auto +: +\d+\.\d s", out)
+    assert re.search(r"joblib n_jobs=\d+, threads=auto num_workers=auto +: +\d+\.\d s", out)
+    assert re.search(r"ratio joblib / sequential \(old defaults\): \d+\.\d\dx", out)
+    for sweep in ("sequential", "sequential_auto", "joblib"):
+        assert len(list((tmp_path / "b" / sweep).rglob("metrics.json"))) == 2
     assert re.search(r"one run, 1 process : +\d+\.\d s", out)
     assert re.search(r"torchrun 2 CPU processes \(gloo\): +\d+\.\d s", out)
     assert (tmp_path / "b" / "torchrun_2" / "metrics.json").is_file()
