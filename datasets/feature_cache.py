@@ -47,7 +47,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +218,34 @@ class _Items(Dataset):
         return self.transform(self.split.load(i))
 
 
+@dataclass(frozen=True)
+class _Extraction:
+    """One cache entry to extract: ``split`` through ``transform`` and ``run`` (images
+    ``(B, C, H, W)`` -> features ``(B, D)`` on the CPU), in shards of ``SHARD`` items written to
+    ``<path>.partial/``, then merged into ``path`` under the key ``parts``."""
+
+    split: ImageSplit
+    run: Callable
+    transform: Callable
+    path: Path
+    parts: dict
+    batch_size: int
+    num_workers: int
+    view_seed: tuple[int, int] | None
+    progress: bool
+    desc: str
+
+    @property
+    def partial(self) -> Path:
+        return self.path.with_name(self.path.name + ".partial")
+
+    @property
+    def shards(self) -> list[tuple[int, int]]:
+        """(start, stop) of every shard."""
+        n = len(self.split)
+        return [(s, min(s + SHARD, n)) for s in range(0, n, SHARD)]
+
+
 def extract(
     split: ImageSplit,
     backbone: nn.Module | Callable,
@@ -246,10 +274,11 @@ def extract(
     :func:`_extract_together`).
     """
     run = TorchExtractor(backbone, device) if isinstance(backbone, nn.Module) else backbone
+    job = _Extraction(
+        split, run, transform, path, parts, batch_size, num_workers, view_seed, progress, desc
+    )
     if distributed.active():
-        return _extract_together(
-            split, run, transform, path, parts, batch_size, num_workers, view_seed, progress, desc
-        )
+        return _extract_together(job)
     features = load_entry(path, parts)
     if features is None:
         lock = FileLock(str(path) + ".lock")
@@ -261,158 +290,92 @@ def extract(
         try:
             features = load_entry(path, parts)  # finished by the process we waited for
             if features is None:
-                return _extract_locked(
-                    split,
-                    run,
-                    transform,
-                    path,
-                    parts,
-                    batch_size,
-                    num_workers,
-                    view_seed,
-                    progress,
-                    desc,
-                )
+                return _extract_locked(job)
         finally:
             lock.release()
-    partial = path.with_name(path.name + ".partial")
-    if partial.exists():  # killed between the final rename and the clean-up
-        shutil.rmtree(partial, ignore_errors=True)
+    if job.partial.exists():  # killed between the final rename and the clean-up
+        shutil.rmtree(job.partial, ignore_errors=True)
     return features
 
 
-def _extract_together(
-    split: ImageSplit,
-    run: Callable,
-    transform: Callable,
-    path: Path,
-    parts: dict,
-    batch_size: int,
-    num_workers: int,
-    view_seed: tuple[int, int] | None,
-    progress: bool,
-    desc: str,
-) -> np.ndarray:
+def _extract_together(job: _Extraction) -> np.ndarray:
     """extract() on the ranks of a torchrun launch: rank 0 holds the entry's file lock (other
     jobs wait as usual) and decides for all whether the entry is missing; then rank r extracts
     the shards k with k % world == r into ``<path>.partial/``, rank 0 merges them after a
     barrier, and every rank loads the merged file after another. A killed launch leaves its
     finished shards, which the next one skips, whatever its number of processes."""
-    lock = FileLock(str(path) + ".lock") if distributed.is_main() else None
+    lock = FileLock(str(job.path) + ".lock") if distributed.is_main() else None
     if lock is not None:
         lock.acquire()
     try:
-        missing = lock is not None and load_entry(path, parts) is None
+        missing = lock is not None and load_entry(job.path, job.parts) is None
         if missing:  # rank 0 alone prepares the folder the ranks then write their shards into
-            _prepare_partial(path, parts)
+            _prepare_partial(job)
         if distributed.broadcast_object(missing):
             world, rank = distributed.world_size(), distributed.rank()
             _extract_shards(
-                split,
-                run,
-                transform,
-                path,
-                parts,
-                batch_size,
-                num_workers,
-                view_seed,
-                progress and rank == 0,
-                desc,
+                replace(job, progress=job.progress and rank == 0),
                 owned=lambda k: k % world == rank,
                 prepare=False,
             )
             distributed.barrier()
             if lock is not None:
-                _extract_locked(
-                    split,
-                    run,
-                    transform,
-                    path,
-                    parts,
-                    batch_size,
-                    num_workers,
-                    view_seed,
-                    False,
-                    desc,
-                )  # every shard is there: a merge
+                _extract_locked(replace(job, progress=False))  # every shard is there: a merge
     finally:
         if lock is not None:
             lock.release()
     distributed.barrier()
-    features = load_entry(path, parts)
+    features = load_entry(job.path, job.parts)
     if features is None:
         raise DataError(
-            f"feature cache {path} was not written by rank 0 of this launch: check "
+            f"feature cache {job.path} was not written by rank 0 of this launch: check "
             "that every process sees the same file system"
         )
     return features
 
 
-def _extract_locked(
-    split: ImageSplit,
-    run: Callable,
-    transform: Callable,
-    path: Path,
-    parts: dict,
-    batch_size: int,
-    num_workers: int,
-    view_seed: tuple[int, int] | None,
-    progress: bool,
-    desc: str,
-) -> np.ndarray:
-    """extract() under the entry's lock: extract the shards ``<path>.partial/`` lacks, merge.
-    ``run``: images ``(B, C, H, W)`` -> features ``(B, D)`` on the CPU."""
-    partial = path.with_name(path.name + ".partial")
-    n = len(split)
-    dtype = DTYPES[parts["dtype"]]
-    shards = [(s, min(s + SHARD, n)) for s in range(0, n, SHARD)]
+def _extract_locked(job: _Extraction) -> np.ndarray:
+    """extract() under the entry's lock: extract the shards ``<path>.partial/`` lacks, merge."""
+    n = len(job.split)
+    dtype = DTYPES[job.parts["dtype"]]
     started = time.time()
-    pieces, computed = _extract_shards(
-        split, run, transform, path, parts, batch_size, num_workers, view_seed, progress, desc
-    )
+    pieces, computed = _extract_shards(job)
+    shards = job.shards
     features = np.concatenate([pieces[a] for a, _ in shards]) if shards else np.zeros((0, 0), dtype)
     if features.shape[0] != n:
         raise DataError(
-            f"feature cache {partial} holds {features.shape[0]} rows for {n} items: "
+            f"feature cache {job.partial} holds {features.shape[0]} rows for {n} items: "
             "delete that folder and run again"
         )
     write_npz(
-        path, features=features, parts=np.array(json.dumps(parts, sort_keys=True, default=str))
+        job.path,
+        features=features,
+        parts=np.array(json.dumps(job.parts, sort_keys=True, default=str)),
     )
-    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(job.partial, ignore_errors=True)
     if computed:
         seconds = time.time() - started
         log.info(
             "feature cache: %d images of %s in %.1f s (%.1f images/s, %s) -> %s",
             computed,
-            desc,
+            job.desc,
             seconds,
             computed / max(seconds, 1e-9),
-            parts.get("engine", "torch"),
-            path,
+            job.parts.get("engine", "torch"),
+            job.path,
         )
     return features
 
 
-def _prepare_partial(path: Path, parts: dict) -> None:
+def _prepare_partial(job: _Extraction) -> None:
     """``<path>.partial/`` with its parts.json, without the temporaries of a killed writer."""
-    partial = path.with_name(path.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(partial)
-    write_text(partial / "parts.json", json.dumps(parts, sort_keys=True, default=str))
+    job.partial.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(job.partial)
+    write_text(job.partial / "parts.json", json.dumps(job.parts, sort_keys=True, default=str))
 
 
 def _extract_shards(
-    split: ImageSplit,
-    run: Callable,
-    transform: Callable,
-    path: Path,
-    parts: dict,
-    batch_size: int,
-    num_workers: int,
-    view_seed: tuple[int, int] | None,
-    progress: bool,
-    desc: str,
+    job: _Extraction,
     owned: Callable[[int], bool] = lambda k: True,
     prepare: bool = True,
 ) -> tuple[dict[int, np.ndarray | None], int]:
@@ -420,28 +383,26 @@ def _extract_shards(
     lacks, each written to its own file; returns {shard start: features or None (another
     rank's, not read)} and the number of images computed. ``prepare``: create the folder first
     (False where rank 0 did it for all ranks)."""
-    partial = path.with_name(path.name + ".partial")
-    n = len(split)
-    dtype = DTYPES[parts["dtype"]]
+    dtype = DTYPES[job.parts["dtype"]]
     if prepare:
-        _prepare_partial(path, parts)
-    shards = [(s, min(s + SHARD, n)) for s in range(0, n, SHARD)]
+        _prepare_partial(job)
+    shards = job.shards
     pieces = {
-        start: _read_shard(partial / f"{start:09d}.npy", stop - start) if owned(k) else None
+        start: _read_shard(job.partial / f"{start:09d}.npy", stop - start) if owned(k) else None
         for k, (start, stop) in enumerate(shards)
     }
     computed = 0
     torch_threads = torch.get_num_threads()
-    if getattr(run, "own_threads", False):
+    if getattr(job.run, "own_threads", False):
         # the engine has its own thread pool; torch only decodes and resizes here, per image,
         # which beside busy processes is 16x slower with 2 threads than with 1 (docs/extraction.md)
         torch.set_num_threads(1)
     bar = tqdm(
-        total=n,
+        total=len(job.split),
         initial=sum(len(p) for p in pieces.values() if p is not None),
-        desc=desc,
+        desc=job.desc,
         unit="img",
-        disable=not progress,
+        disable=not job.progress,
         smoothing=0.1,
     )
     try:
@@ -450,18 +411,18 @@ def _extract_shards(
                 if pieces[start] is not None or not owned(k):
                     continue
                 loader = DataLoader(
-                    _Items(split, transform, start, stop, view_seed),
-                    batch_size=batch_size,
+                    _Items(job.split, job.transform, start, stop, job.view_seed),
+                    batch_size=job.batch_size,
                     shuffle=False,
-                    num_workers=num_workers,
+                    num_workers=job.num_workers,
                 )
                 chunk = []
                 for images in loader:
-                    chunk.append(run(images).float().cpu().numpy().astype(dtype))
+                    chunk.append(job.run(images).float().cpu().numpy().astype(dtype))
                     computed += len(images)
                     bar.update(len(images))
                 pieces[start] = np.concatenate(chunk)
-                write_npy(partial / f"{start:09d}.npy", pieces[start])
+                write_npy(job.partial / f"{start:09d}.npy", pieces[start])
     finally:
         bar.close()
         torch.set_num_threads(torch_threads)

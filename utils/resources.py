@@ -91,6 +91,21 @@ def cores_per_job() -> int:
     return max(1, available_cores() // sharing_jobs())
 
 
+def _explicit_count(name: str, setting, minimum: int) -> int | None:
+    """None for ``auto``, else the setting as an integer >= ``minimum`` (one ConfigError
+    sentence otherwise)."""
+    if setting in (None, "auto"):
+        return None
+    try:
+        count = int(setting)
+    except (TypeError, ValueError):
+        count = minimum - 1
+    if count < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        raise ConfigError(f"{name} must be auto or {kind} integer, got {setting!r}")
+    return count
+
+
 def choose_threads(setting, head_only: bool) -> tuple[int, str]:
     """Intra-op threads for torch (the numba retrieval kernels follow torch's count) and why.
 
@@ -101,14 +116,9 @@ def choose_threads(setting, head_only: bool) -> tuple[int, str]:
     docs/scaling.md, scripts/bench_threads.py), else every core this job may use
     (``cores_per_job``), and never more than an OMP_NUM_THREADS set by the user.
     """
-    if setting not in (None, "auto"):
-        try:
-            threads = int(setting)
-        except (TypeError, ValueError):
-            threads = 0
-        if threads < 1:
-            raise ConfigError(f"threads must be auto or a positive integer, got {setting!r}")
-        return threads, "threads setting"
+    explicit = _explicit_count("threads", setting, minimum=1)
+    if explicit is not None:
+        return explicit, "threads setting"
     if head_only:
         return 1, "auto: a hashing head on precomputed features"
     threads, sharers = cores_per_job(), sharing_jobs()
@@ -127,16 +137,9 @@ def choose_workers(setting, head_only: bool) -> int:
     start-up every epoch and the copies between processes, and take a core from the other jobs
     of a parallel sweep; docs/scaling.md), else the job's cores less the one that trains, at
     most 8 (images to decode and augment)."""
-    if setting not in (None, "auto"):
-        try:
-            workers = int(setting)
-        except (TypeError, ValueError):
-            workers = -1
-        if workers < 0:
-            raise ConfigError(
-                f"num_workers must be auto or a non-negative integer, got {setting!r}"
-            )
-        return workers
+    explicit = _explicit_count("num_workers", setting, minimum=0)
+    if explicit is not None:
+        return explicit
     if head_only:
         return 0
     return max(0, min(8, cores_per_job() - 1))

@@ -529,19 +529,16 @@ def test_a_rank_extracts_only_its_own_shards_and_rank_0_merges_them(tmp_path, mo
 
     parts = {"dtype": "float32", "split": "x"}
     path = tmp_path / "x.npz"
-    pieces, computed = fc._extract_shards(
-        split, run, transform, path, parts, 64, 0, None, False, "x", owned=lambda k: k % 2 == 1
-    )
+    job = fc._Extraction(split, run, transform, path, parts, 64, 0, None, False, "x")
+    pieces, computed = fc._extract_shards(job, owned=lambda k: k % 2 == 1)
     assert computed == 100 + 100 and sorted(k for k, v in pieces.items() if v is not None) == [
         100,
         300,
     ]
-    pieces, computed = fc._extract_shards(
-        split, run, transform, path, parts, 64, 0, None, False, "x", owned=lambda k: k % 2 == 0
-    )
+    pieces, computed = fc._extract_shards(job, owned=lambda k: k % 2 == 0)
     assert computed == 100 + 100 + 50
     seen.clear()
-    merged = fc._extract_locked(split, run, transform, path, parts, 64, 0, None, False, "x")
+    merged = fc._extract_locked(job)
     assert seen == []  # every shard was there: only a merge
     expected = np.stack([transform(split.load(i)).flatten() * 2 for i in range(450)])
     np.testing.assert_array_equal(merged, expected)
